@@ -1,0 +1,170 @@
+"""The `cifarlab` command line. Exit codes: 0 ok, 2 bad usage or input (one line on stderr), 1 unexpected."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from cifarlab.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse's default prints the usage too)
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="PATH", help="CIFAR-10: cifar-10-python.tar.gz, cifar-10-batches-py/, or a "
+                   "train/<class>/, test/<class>/ image tree or .tar/.tar.gz/.zip of one "
+                   "(default: $CIFARLAB_DATA, else the cache folder $CIFARLAB_HOME or ~/.cache/cifarlab, "
+                   "downloading the official tarball if it is not there)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cifarlab.config import list_presets
+
+    parser = _Parser(prog="cifarlab", description="Train, evaluate and explain CNN classifiers on CIFAR-10, "
+                     "reproducing 'Image Classification: CIFAR-10, Convolutional Neural Networks'.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a preset and write a run directory",
+                       description="Train a preset. The run directory gets config.yaml, history.csv, metrics.json, "
+                       "last.pt, best.pt and train.log; an interrupted run continues with --resume.")
+    p.add_argument("--preset", default=None, help=f"one of: {', '.join(list_presets())} (required unless --resume)")
+    _add_data(p)
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<preset>-<date>-<time>)")
+    p.add_argument("--epochs", type=int, help="override the preset's epoch count")
+    p.add_argument("--train-subset", type=int, metavar="N", help="train on a class-balanced subset of N images")
+    p.add_argument("--seed", type=int, help="random seed (weights, order, augmentation, dropout)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set lr=0.0005 --set augment.rotation=10 "
+                   "--set 'lr_drops=[[20, 0.1]]'")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt "
+                   "(--epochs may extend it)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    p = sub.add_parser("evaluate", help="score a run on the validation set (CIFAR-10 test split)",
+                       description="Print and save validation accuracy, per-class accuracy and the confusion "
+                       "matrix (RUN_DIR/eval/validation.json and validation_confusion.csv).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    _add_data(p)
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"],
+                   help="last.pt (the final model, default) or best.pt (best validation epoch)")
+
+    p = sub.add_parser("models", help="print each model's layers, output shapes and parameters (Table 1)")
+    p.add_argument("names", nargs="*", metavar="MODEL", help="models to show (default: all)")
+
+    p = sub.add_parser("augment-preview", help="save a PNG grid of augmented training images",
+                       description="One row per class: the original image, then augmented versions drawn with "
+                       "the preset's augmentation settings.")
+    p.add_argument("--preset", default="imp2", help="preset whose augment settings to use (default: imp2)")
+    _add_data(p)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override augment settings")
+    p.add_argument("--out", default="augment_preview.png", metavar="PNG", help="output file (default: %(default)s)")
+    p.add_argument("--n", type=int, default=8, help="augmented copies per image (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cifarlab.config import load_config, resolve_config
+    from cifarlab.data import load_cifar10
+    from cifarlab.train import fit
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        if args.preset or args.set or args.train_subset or args.seed is not None:
+            raise UserError("--resume continues a run with its own config.yaml; only --epochs and --data may be given")
+        cfg = load_config(run_dir / "config.yaml")
+        if args.epochs is not None:
+            if args.epochs <= 0:
+                raise UserError(f"--epochs must be positive, got {args.epochs}")
+            cfg.epochs = args.epochs
+    else:
+        if not args.preset:
+            raise UserError("cifarlab train: --preset is required (or --resume RUN_DIR)")
+        cfg = resolve_config(args.preset, args.set, epochs=args.epochs, train_subset=args.train_subset,
+                             seed=args.seed)
+        run_dir = Path(args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"{run_dir} already exists and is not empty; continue it with --resume {run_dir} "
+                            "or choose another --out")
+    if args.data:
+        cfg.data = args.data
+    data = load_cifar10(cfg.data, progress=not args.quiet)  # fails before the run directory exists
+    fit(cfg, data, run_dir, resume=bool(args.resume), quiet=args.quiet)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cifarlab.config import load_config
+    from cifarlab.data import load_cifar10
+    from cifarlab.evaluate import evaluate_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    data = load_cifar10(args.data or cfg.data)
+    report = evaluate_run(run_dir, data.val_x, data.val_y, "validation", args.checkpoint)
+    print(f"{run_dir} ({args.checkpoint}.pt): validation accuracy {report['accuracy']:.4f} on {report['n']} images")
+    for c, a in report["per_class_accuracy"].items():
+        print(f"  {c:<11}{a:.3f}")
+    print(f"wrote {run_dir / 'eval' / 'validation.json'} and validation_confusion.csv")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cifarlab.models import create_model, format_table, layer_table, list_models
+
+    for name in args.names or list_models():
+        print(format_table(name, layer_table(create_model(name))) + "\n")
+    return 0
+
+
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    import torch
+
+    from cifarlab.config import resolve_config
+    from cifarlab.data import load_cifar10
+    from cifarlab.data.augment import preview_grid
+    from cifarlab.io import atomic_write
+    from cifarlab.train.loop import augment_config
+
+    cfg = resolve_config(args.preset, args.set)
+    if args.n <= 0:
+        raise UserError(f"--n must be positive, got {args.n}")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    data = load_cifar10(args.data or cfg.data)
+    first = torch.stack([torch.nonzero(data.val_y == c)[0, 0] for c in range(10)])  # one image per class
+    grid = preview_grid(data.val_x[first], augment_config(cfg), n_aug=args.n, seed=args.seed)
+    atomic_write(out, lambda f: grid.save(f, format="PNG"))
+    print(f"wrote {out} ({grid.width}x{grid.height}): originals on the left, {args.n} augmented copies each")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models, "augment-preview": cmd_augment_preview}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; a training run continues with: cifarlab train --resume RUN_DIR", file=sys.stderr)
+        return 130
+    except Exception as e:  # unexpected: one line, the traceback only on request
+        if os.environ.get("CIFARLAB_DEBUG"):
+            raise
+        print(f"unexpected error: {type(e).__name__}: {e} (set CIFARLAB_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

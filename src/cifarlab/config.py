@@ -1,0 +1,215 @@
+"""Run configuration: a shipped YAML preset, overridden by `--set key=value`, validated, fully resolved.
+
+Every key is known and typed; a typo gets "did you mean". Nested keys use dots: `augment.rotation=10`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cifarlab.errors import UserError
+
+
+@dataclass
+class Augment:
+    """Keras ImageDataGenerator settings (see cifarlab.data.augment for the exact mapping)."""
+    rotation: float = 0.0
+    width_shift: float = 0.0
+    height_shift: float = 0.0
+    zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    channel_shift: float = 0.0
+    hflip: bool = False
+    fill: str = "nearest"
+
+
+@dataclass
+class Config:
+    preset: str = ""
+    description: str = ""
+    model: str = "imp"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_drops: list[list[float]] = field(default_factory=list)  # [[epoch, factor]]: after `epoch`, lr *= factor
+    l2: float = 0.0  # Keras kernel_regularizer=l2(l2) on every conv kernel: loss += l2 * sum(w**2)
+    augment: Augment = field(default_factory=Augment)
+    seed: int = 0
+    train_subset: int | None = None  # class-balanced subset of the training set, for quick runs
+    eval_batch_size: int = 1000
+    device: str = "auto"
+    channels_last: bool = False
+    data: str | None = None  # recorded for the run; the CLI's --data wins
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 1-based `epoch`: the base rate times every drop whose epoch has passed."""
+        lr = self.lr
+        for at, factor in self.lr_drops:
+            if epoch > at:
+                lr *= factor
+        return lr
+
+
+_DEVICES = ("auto", "cpu", "cuda", "mps")
+_FILLS = ("nearest", "constant", "reflect")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("cifarlab.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = resources.files("cifarlab.presets") / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown preset '{name}' (known: {', '.join(list_presets())}){_suggest(name, list_presets())}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.setdefault("preset", name)
+    return raw
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["lr=0.01", "augment.rotation=10"]` -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got '{pair}'")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: cannot parse value '{value}'") from None
+        if isinstance(parsed, str):  # YAML 1.1 reads "5e-4" as a string; users mean a number
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: '{p}' is not a section")
+        node[leaf] = parsed
+    return out
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(raw: dict[str, Any]) -> Config:
+    """Validate a plain dict (preset + overrides, or a run's config.yaml) into a Config."""
+    if not isinstance(raw, dict):
+        raise UserError("config must be a mapping of keys to values")
+    values = _check_section(raw, Config, "")
+    aug = values.get("augment", {})
+    if not isinstance(aug, dict):
+        raise UserError("config key 'augment' must be a mapping")
+    values["augment"] = Augment(**_check_section(aug, Augment, "augment."))
+    cfg = Config(**values)
+    _check_ranges(cfg)
+    return cfg
+
+
+def resolve_config(preset: str, overrides: list[str] | None = None, **direct: Any) -> Config:
+    """Preset, then `--set` overrides, then direct CLI flags (`epochs=...`) that are not None."""
+    raw = merge(load_preset(preset), parse_overrides(overrides or []))
+    raw.update({k: v for k, v in direct.items() if v is not None})
+    return build_config(raw)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read config ({type(e).__name__})") from None
+    return build_config(raw)
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _check_section(raw: dict[str, Any], cls: type, prefix: str) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise UserError(f"unknown config key '{prefix}{key}'{_suggest(prefix + str(key), [prefix + f for f in fields])}")
+        out[key] = value if key == "augment" else _check_type(prefix + key, value, fields[key].type)
+    return out
+
+
+def _check_type(key: str, value: Any, typ: str) -> Any:
+    optional = "None" in typ
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"config key '{key}' must not be empty")
+    base = typ.replace(" | None", "")
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "list[float]": isinstance(value, list) and all(_is_number(v) for v in value),
+        "list[list[float]]": isinstance(value, list)
+        and all(isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v) for v in value),
+    }[base]
+    if not ok:
+        raise UserError(f"config key '{key}' must be {_TYPE_WORDS[base]}, got {value!r}")
+    return float(value) if base == "float" else value
+
+
+_TYPE_WORDS = {
+    "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+    "list[float]": "a list of numbers", "list[list[float]]": "a list of [epoch, factor] pairs",
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_ranges(cfg: Config) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise UserError(msg)
+
+    need(cfg.epochs > 0, f"config key 'epochs' must be positive, got {cfg.epochs}")
+    need(cfg.batch_size > 0, f"config key 'batch_size' must be positive, got {cfg.batch_size}")
+    need(cfg.eval_batch_size > 0, f"config key 'eval_batch_size' must be positive, got {cfg.eval_batch_size}")
+    need(cfg.lr > 0, f"config key 'lr' must be positive, got {cfg.lr}")
+    need(cfg.l2 >= 0, f"config key 'l2' must be >= 0, got {cfg.l2}")
+    need(cfg.train_subset is None or cfg.train_subset > 0,
+         f"config key 'train_subset' must be positive, got {cfg.train_subset}")
+    need(cfg.device in _DEVICES, f"config key 'device' must be one of {', '.join(_DEVICES)}, got '{cfg.device}'")
+    for at, factor in cfg.lr_drops:
+        need(at >= 0 and factor > 0, f"config key 'lr_drops': need epoch >= 0 and factor > 0, got [{at}, {factor}]")
+    a = cfg.augment
+    need(0 <= a.rotation <= 180, f"config key 'augment.rotation' must be in [0, 180] degrees, got {a.rotation}")
+    for name in ("width_shift", "height_shift", "channel_shift"):
+        need(0 <= getattr(a, name) <= 1, f"config key 'augment.{name}' must be in [0, 1], got {getattr(a, name)}")
+    need(len(a.zoom) == 2 and 0 < a.zoom[0] <= a.zoom[1],
+         f"config key 'augment.zoom' must be [low, high] with 0 < low <= high, got {a.zoom}")
+    need(a.fill in _FILLS, f"config key 'augment.fill' must be one of {', '.join(_FILLS)}, got '{a.fill}'")
+    from cifarlab.models import list_models  # late: models import torch, config should not need it to load
+
+    need(cfg.model in list_models(), f"config key 'model': unknown model '{cfg.model}' (known: {', '.join(list_models())})")

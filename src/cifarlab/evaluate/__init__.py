@@ -1,0 +1,5 @@
+"""Evaluation of a run directory: accuracy, per-class accuracy and the confusion matrix."""
+
+from cifarlab.evaluate.metrics import confusion_matrix, classification_report, evaluate_run, load_run_model
+
+__all__ = ["confusion_matrix", "classification_report", "evaluate_run", "load_run_model"]

@@ -1,0 +1,211 @@
+"""The training recipe, visible at a glance: Adam, cross-entropy + Keras-style L2 on conv kernels,
+manual learning-rate drops, optional Keras-style augmentation, one validation pass per epoch.
+
+The whole dataset lives as uint8 tensors on the device; a batch is one gather, one cast and (with
+augmentation) one batched affine warp: no per-image Python work. Every epoch is seeded from
+(seed, epoch), so a run resumed from its last checkpoint ends exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cifarlab.config import Config, save_config
+from cifarlab.data import Cifar10, class_balanced_subset
+from cifarlab.data.augment import AugmentConfig, augment_batch
+from cifarlab.errors import UserError
+from cifarlab.io import load_checkpoint, save_checkpoint, write_csv, write_json
+from cifarlab.models import create_model
+from cifarlab.models.cnn import conv_kernels
+from cifarlab.train.progress import Progress, fmt_time
+
+HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available (use --set device=auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' requested but MPS is not available (use --set device=auto)")
+    return torch.device(name)
+
+
+def augment_config(cfg: Config) -> AugmentConfig:
+    a = dataclasses.asdict(cfg.augment)
+    return AugmentConfig(**{**a, "zoom": tuple(a["zoom"])})
+
+
+def to_input(x_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    x = x_uint8.float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def l2_penalty(model: nn.Module) -> torch.Tensor:
+    """Keras `kernel_regularizer=l2(c)` adds c * sum(w**2) to the loss (not AdamW-style decay)."""
+    return sum(w.square().sum() for w in conv_kernels(model))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: Config,
+                epoch: int, progress: Progress) -> tuple[float, float]:
+    """One pass over (x, y) in a seeded random order; returns (mean loss, accuracy)."""
+    model.train()
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+    torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1)  # dropout draws
+    aug = augment_config(cfg)
+    order = torch.randperm(len(x), generator=gen).to(x.device)
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    seen = 0
+    n_batches = math.ceil(len(x) / cfg.batch_size)
+    for i in range(n_batches):
+        idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        xb, yb = to_input(x[idx], cfg.channels_last), y[idx]
+        if aug.enabled:
+            xb = augment_batch(xb, aug, gen)
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        total = loss + cfg.l2 * l2_penalty(model) if cfg.l2 else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        # Accumulate on the device; values are read only when the progress line is drawn.
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == yb).sum()
+        seen += len(idx)
+        progress.update(i + 1, lambda: f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.4f}")
+    if not math.isfinite(loss_sum.item()):
+        raise UserError(f"epoch {epoch}: training loss became {loss_sum.item()} (try a lower lr); last good checkpoint kept")
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, channels_last: bool = False) -> torch.Tensor:
+    """Logits for uint8 images (N, 3, H, W) in eval mode, batched; returned on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(to_input(x[i:i + batch_size].to(device), channels_last)).float().cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, 10)
+
+
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+                   channels_last: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on uint8 images x and labels y."""
+    logits = predict_logits(model, x, batch_size, channels_last)
+    y = y.cpu()
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def build_model(cfg: Config, device: torch.device) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # same initial weights for the same seed
+    model = create_model(cfg.model).to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: bool = False,
+        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train `cfg` on `data`, writing config.yaml, history.csv, metrics.json, last.pt, best.pt and
+    train.log into `run_dir`. With `resume`, continue from run_dir/last.pt. Returns the metrics."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = log or _logger(run_dir / "train.log", quiet)
+    device = select_device(cfg.device)
+
+    train_x, train_y = data.train_x, data.train_y
+    if cfg.train_subset:
+        keep = class_balanced_subset(train_y, cfg.train_subset, seed=cfg.seed)
+        train_x, train_y = train_x[keep], train_y[keep]
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
+
+    model = build_model(cfg, device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    state = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_accuracy": -1.0}
+    ckpt_path = run_dir / "last.pt"
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        log(f"resuming {run_dir} after epoch {state['epoch']}/{cfg.epochs}")
+    save_config(cfg, run_dir / "config.yaml")
+    if state["epoch"] == 0:
+        log(f"training {cfg.preset or cfg.model} ({cfg.model}) on {len(train_x)} images, validating on "
+            f"{len(val_x)}, {cfg.epochs} epochs, batch {cfg.batch_size}, device {device.type}")
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        lr = cfg.lr_at(epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        n_batches = math.ceil(len(train_x) / cfg.batch_size)
+        progress = Progress(n_batches, f"epoch {epoch}/{cfg.epochs}", quiet)
+        train_loss, train_acc = train_epoch(model, opt, train_x, train_y, cfg, epoch, progress)
+        val_loss, val_acc = evaluate_model(model, val_x, val_y, cfg.eval_batch_size, cfg.channels_last)
+        seconds = time.perf_counter() - t0
+        row = dict(epoch=epoch, lr=lr, train_loss=round(train_loss, 5), train_acc=round(train_acc, 5),
+                   val_loss=round(val_loss, 5), val_acc=round(val_acc, 5), seconds=round(seconds, 2))
+        state["history"].append(row)
+        state["epoch"] = epoch
+        if val_acc > state["best_val_accuracy"]:
+            state["best_val_accuracy"], state["best_epoch"] = val_acc, epoch
+            save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc})
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state})
+        write_csv(run_dir / "history.csv", state["history"], HISTORY_FIELDS)
+        metrics = _metrics(cfg, state, len(train_x))
+        write_json(run_dir / "metrics.json", metrics)
+        eta = sum(r["seconds"] for r in state["history"][-3:]) / min(3, epoch) * (cfg.epochs - epoch)
+        log(f"epoch {epoch}/{cfg.epochs} lr {lr:.2g} train loss {train_loss:.4f} acc {train_acc:.4f} | "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f}s, ETA {fmt_time(eta)}")
+    metrics = _metrics(cfg, state, len(train_x))
+    write_json(run_dir / "metrics.json", metrics)
+    log(f"done: val_accuracy {metrics['val_accuracy']:.4f} (best {metrics['best_val_accuracy']:.4f} at epoch "
+        f"{metrics['best_epoch']}), {metrics['train_seconds'] / 60:.1f} min; run directory {run_dir}")
+    return metrics
+
+
+def _metrics(cfg: Config, state: dict[str, Any], n_train: int) -> dict[str, Any]:
+    hist = state["history"]
+    return {
+        "val_accuracy": hist[-1]["val_acc"] if hist else None,  # the final model (last.pt)
+        "val_loss": hist[-1]["val_loss"] if hist else None,
+        "best_val_accuracy": state["best_val_accuracy"] if hist else None,  # best.pt; chosen on validation
+        "best_epoch": state["best_epoch"],
+        "epochs": state["epoch"],
+        "epochs_planned": cfg.epochs,
+        "finished": state["epoch"] >= cfg.epochs,
+        "train_seconds": round(sum(r["seconds"] for r in hist), 2),
+        "train_images": n_train,
+        "model": cfg.model,
+        "preset": cfg.preset,
+    }
+
+
+def _logger(path: Path, quiet: bool) -> Callable[[str], None]:
+    import sys
+
+    def log(msg: str) -> None:
+        with open(path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    return log

@@ -1,0 +1,87 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from cifarlab import CLASSES
+from cifarlab.config import resolve_config
+from cifarlab.data import Cifar10
+from cifarlab.io import load_checkpoint
+from cifarlab.models import create_model
+from cifarlab.train import fit
+from cifarlab.train.loop import l2_penalty
+
+
+def toy_data(n_train=200, n_val=100, seed=0) -> Cifar10:
+    """Learnable toy set: each class is a distinct mean colour plus noise."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n):
+        y = torch.arange(n) % 10
+        base = (torch.arange(10).float() * 25).view(10, 1, 1, 1).expand(10, 3, 32, 32).clone()
+        base[:, 1] = 255 - base[:, 1]
+        x = base[y] + torch.randn(n, 3, 32, 32, generator=g) * 20
+        return x.clamp(0, 255).to(torch.uint8), y
+
+    tx, ty = make(n_train)
+    vx, vy = make(n_val)
+    return Cifar10(tx, ty, vx, vy, CLASSES, "toy")
+
+
+def quick_cfg(preset="imp1", *sets, epochs=2):
+    return resolve_config(preset, ["batch_size=32", "eval_batch_size=64", *sets], epochs=epochs)
+
+
+def test_l2_penalty_is_keras_sum_of_squares():
+    model = create_model("imp")
+    expected = sum(m.weight.pow(2).sum() for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert torch.allclose(l2_penalty(model), expected)
+
+
+def test_fit_writes_the_run_directory(tmp_path):
+    metrics = fit(quick_cfg("imp1", epochs=2), toy_data(), tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "history.csv", "metrics.json", "last.pt", "best.pt", "train.log"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob("*.part")) and not list(run.glob(".*part"))
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == metrics
+    assert 0 <= saved["val_accuracy"] <= 1 and saved["epochs"] == 2 and saved["finished"]
+    assert saved["best_epoch"] in (1, 2) and saved["train_seconds"] > 0
+    assert metrics["val_accuracy"] > 0.3  # the toy classes are separable by colour; chance is 0.1
+
+
+def test_lr_drops_reach_the_optimizer(tmp_path):
+    fit(quick_cfg("imp1", "lr_drops=[[1, 0.1]]"), toy_data(), tmp_path / "run", quiet=True)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 1e-4])
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+
+
+def test_same_seed_same_result(tmp_path):
+    a = fit(quick_cfg("imp2", epochs=1), toy_data(), tmp_path / "a", quiet=True)
+    b = fit(quick_cfg("imp2", epochs=1), toy_data(), tmp_path / "b", quiet=True)
+    assert a["val_loss"] == b["val_loss"]
+
+
+def test_resume_reaches_the_same_result(tmp_path):
+    """Train 3 epochs straight vs. 1 epoch, then resume to 3: identical weights and history."""
+    data = toy_data()
+    straight = fit(quick_cfg("imp2", epochs=3), data, tmp_path / "straight", quiet=True)
+    fit(quick_cfg("imp2", epochs=1), data, tmp_path / "split", quiet=True)
+    resumed = fit(quick_cfg("imp2", epochs=3), data, tmp_path / "split", resume=True, quiet=True)
+    assert resumed["val_loss"] == straight["val_loss"]
+    w1 = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    w2 = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert "resuming" in (tmp_path / "split" / "train.log").read_text()
+
+
+def test_train_subset_is_used(tmp_path):
+    metrics = fit(quick_cfg("imp1", "train_subset=50", epochs=1), toy_data(), tmp_path / "run", quiet=True)
+    assert metrics["train_images"] == 50
