@@ -1,9 +1,9 @@
 """Model registry: `create_model("imp")`, `list_models()`; every model maps [0, 1] RGB images to logits."""
 
 from cifarlab.models.registry import create_model, list_models, register_model
-from cifarlab.models.summary import layer_table, format_table
+from cifarlab.models.summary import format_table, forward_flops, layer_table
 
 # Importing the definitions fills the registry.
 from cifarlab.models import cnn  # noqa: F401,E402
 
-__all__ = ["create_model", "list_models", "register_model", "layer_table", "format_table"]
+__all__ = ["create_model", "list_models", "register_model", "layer_table", "format_table", "forward_flops"]

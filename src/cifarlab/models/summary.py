@@ -55,3 +55,26 @@ def format_table(name: str, rows: list[tuple[str, str, int]]) -> str:
     lines += [f"{t:<{width}}{s:<16}{p:>12,}" for t, s, p in rows]
     lines.append(f"{'Total':<{width}}{'':<16}{total:>12,}")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def forward_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> int:
+    """Multiply-adds x 2 of one image's forward pass through convolutions and dense layers."""
+    total = 0
+
+    def hook(m: nn.Module, i, o: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += 2 * o[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += 2 * m.in_features * m.out_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(1, *input_size))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total

@@ -1,0 +1,98 @@
+"""Training throughput: cifarlab's own loop (augmentation off and on) vs a bare PyTorch step loop.
+
+Same model, batch size, memory format and thread count for all three; the bare loop is
+forward + cross-entropy + backward + Adam step on one fixed batch, the floor any trainer pays.
+cifarlab's loop adds what a real run needs: shuffled gather from uint8, cast, L2 on conv kernels,
+the Keras-style augmentation (when on), and running loss/accuracy. Achieved GFLOP/s counts a
+training step as 3x the forward FLOPs (forward + two backward matmuls).
+
+    python benchmarks/train_throughput.py [--models base imp] [--steps 40] [--threads N]
+
+Prints a Markdown table; paste the latest into benchmarks/RESULTS.md. Ratios measured side by side
+in one run are the figures to trust: absolute img/s on a shared 2-core machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cifarlab.config import resolve_config
+from cifarlab.models import forward_flops
+from cifarlab.train.loop import build_model, train_epoch
+from cifarlab.train.progress import Progress
+
+PRESET = {"base": "base", "imp": "imp2"}  # batch size and memory format come from these presets
+
+
+def bare_loop(cfg, steps: int) -> float:
+    model = build_model(cfg, torch.device("cpu"))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x = torch.rand(cfg.batch_size, 3, 32, 32)
+    x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+    y = torch.randint(0, 10, (cfg.batch_size,))
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):  # warm-up: allocator, oneDNN primitive caches
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def cifarlab_loop(cfg, steps: int, augment: bool) -> float:
+    # the study's augmentation (imp2's settings) for every model when on, none when off
+    cfg.augment = resolve_config("imp2").augment if augment else type(cfg.augment)()
+    model = build_model(cfg, torch.device("cpu"))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    g = torch.Generator().manual_seed(0)
+    n = (steps + 3) * cfg.batch_size
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    warm = 3 * cfg.batch_size
+    train_epoch(model, opt, x[:warm], y[:warm], cfg, 1, Progress(3, quiet=True))
+    t0 = time.perf_counter()
+    train_epoch(model, opt, x[warm:], y[warm:], cfg, 2, Progress(steps, quiet=True))
+    return steps * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["base", "imp"])
+    ap.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
+          f"{args.steps} steps per measurement\n")
+    print("| model | batch | channels_last | bare img/s | cifarlab img/s (no aug) | ratio | "
+          "cifarlab img/s (aug) | ratio | GFLOP/s (aug) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        cfg = resolve_config(PRESET[name])
+        gflop = 3 * forward_flops(build_model(cfg, torch.device("cpu"))) / 1e9
+        # interleave so that load from elsewhere hits all three alike
+        bare, plain, aug = [], [], []
+        for _ in range(2):
+            bare.append(bare_loop(resolve_config(PRESET[name]), args.steps))
+            plain.append(cifarlab_loop(resolve_config(PRESET[name]), args.steps, augment=False))
+            aug.append(cifarlab_loop(resolve_config(PRESET[name]), args.steps, augment=True))
+        b, p, a = max(bare), max(plain), max(aug)
+        print(f"| {name} | {cfg.batch_size} | {cfg.channels_last} | {b:.0f} | {p:.0f} | {p / b:.2f} | "
+              f"{a:.0f} | {a / b:.2f} | {a * gflop:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
