@@ -71,24 +71,26 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["base", "imp"])
     ap.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every model, e.g. --set channels_last=false --set batch_size=128")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
-          f"{args.steps} steps per measurement\n")
+          f"{args.steps} steps per measurement, overrides {args.set or 'none'}\n")
     print("| model | batch | channels_last | bare img/s | cifarlab img/s (no aug) | ratio | "
           "cifarlab img/s (aug) | ratio | GFLOP/s (aug) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        cfg = resolve_config(PRESET[name])
+        cfg = resolve_config(PRESET[name], args.set)
         gflop = 3 * forward_flops(build_model(cfg, torch.device("cpu"))) / 1e9
         # interleave so that load from elsewhere hits all three alike
         bare, plain, aug = [], [], []
         for _ in range(2):
-            bare.append(bare_loop(resolve_config(PRESET[name]), args.steps))
-            plain.append(cifarlab_loop(resolve_config(PRESET[name]), args.steps, augment=False))
-            aug.append(cifarlab_loop(resolve_config(PRESET[name]), args.steps, augment=True))
+            bare.append(bare_loop(resolve_config(PRESET[name], args.set), args.steps))
+            plain.append(cifarlab_loop(resolve_config(PRESET[name], args.set), args.steps, augment=False))
+            aug.append(cifarlab_loop(resolve_config(PRESET[name], args.set), args.steps, augment=True))
         b, p, a = max(bare), max(plain), max(aug)
         print(f"| {name} | {cfg.batch_size} | {cfg.channels_last} | {b:.0f} | {p:.0f} | {p / b:.2f} | "
               f"{a:.0f} | {a / b:.2f} | {a * gflop:.0f} |", flush=True)

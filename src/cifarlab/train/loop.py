@@ -124,10 +124,10 @@ def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: 
         log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train `cfg` on `data`, writing config.yaml, history.csv, metrics.json, last.pt, best.pt and
     train.log into `run_dir`. With `resume`, continue from run_dir/last.pt. Returns the metrics."""
+    device = select_device(cfg.device)  # before anything is written: a bad device leaves no run directory
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = log or _logger(run_dir / "train.log", quiet)
-    device = select_device(cfg.device)
 
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_subset:
