@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set lr=0.0005 --set augment.rotation=10 "
                    "--set 'lr_drops=[[20, 0.1]]'")
+    p.add_argument("--weights", metavar="FILE", help="pretrained backbone for mobilenet presets: a .tflite, a Keras "
+                   ".h5, or 'imagenet' (download); default: the preset's")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt "
                    "(--epochs may extend it)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -55,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="last.pt (the final model, default) or best.pt (best validation epoch)")
 
     p = sub.add_parser("models", help="print each model's layers, output shapes and parameters (Table 1)")
-    p.add_argument("names", nargs="*", metavar="MODEL", help="models to show (default: all)")
+    p.add_argument("names", nargs="*", metavar="MODEL",
+                   help="models to show (default: the study's Table 1, base and imp); --list names them all")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="input side in pixels (default: 32, or 128 for mobilenet_*)")
+    p.add_argument("--list", action="store_true", help="list every registered model and exit")
 
     p = sub.add_parser("augment-preview", help="save a PNG grid of augmented training images",
                        description="One row per class: the original image, then augmented versions drawn with "
@@ -78,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-        if args.preset or args.set or args.train_subset or args.seed is not None:
+        if args.preset or args.set or args.train_subset or args.weights or args.seed is not None:
             raise UserError("--resume continues a run with its own config.yaml; only --epochs and --data may be given")
         cfg = load_config(run_dir / "config.yaml")
         if args.epochs is not None:
@@ -89,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.preset:
             raise UserError("cifarlab train: --preset is required (or --resume RUN_DIR)")
         cfg = resolve_config(args.preset, args.set, epochs=args.epochs, train_subset=args.train_subset,
-                             seed=args.seed)
+                             seed=args.seed, weights=args.weights)
         run_dir = Path(args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"{run_dir} already exists and is not empty; continue it with --resume {run_dir} "
@@ -122,8 +128,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from cifarlab.models import create_model, format_table, layer_table, list_models
 
-    for name in args.names or list_models():
-        print(format_table(name, layer_table(create_model(name))) + "\n")
+    if args.list:
+        print("\n".join(list_models()))
+        return 0
+    for name in args.names or ["base", "imp"]:
+        size = args.input_size or (128 if name.startswith("mobilenet") else 32)
+        if not 8 <= size <= 1024:
+            raise UserError(f"--input-size must be in [8, 1024], got {size}")
+        print(format_table(name, layer_table(create_model(name), (3, size, size))) + "\n")
     return 0
 
 

@@ -46,6 +46,14 @@ class Config:
     device: str = "auto"
     channels_last: bool = False
     data: str | None = None  # recorded for the run; the CLI's --data wins
+    # transfer learning (mobilenet_* models only)
+    weights: str | None = None  # .tflite, Keras .h5, or 'imagenet' (download); None: random init
+    alpha: float = 1.0  # MobileNet width multiplier
+    input_size: int = 32  # images are upscaled (bilinear) to this size before the model
+    trainable: str = "all"  # head (MNET1: backbone frozen) | last_conv (MNET2) | all
+    head: str = "avg"  # avg (global average pooling) | flatten, before dropout + dense
+    dropout: float = 0.0  # before the new dense layer
+    cache_features: bool = True  # without augmentation, run the frozen part once and reuse its output
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,6 +68,8 @@ class Config:
 
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
+_TRAINABLE = ("head", "last_conv", "all")
+_HEADS = ("avg", "flatten")
 _FILLS = ("nearest", "constant", "reflect")
 
 
@@ -114,9 +124,9 @@ def build_config(raw: dict[str, Any]) -> Config:
     if not isinstance(raw, dict):
         raise UserError("config must be a mapping of keys to values")
     values = _check_section(raw, Config, "")
-    aug = values.get("augment", {})
+    aug = values.get("augment") or {}  # `augment: null` (--set augment=null): no augmentation
     if not isinstance(aug, dict):
-        raise UserError("config key 'augment' must be a mapping")
+        raise UserError("config key 'augment' must be a mapping, or null for none")
     values["augment"] = Augment(**_check_section(aug, Augment, "augment."))
     cfg = Config(**values)
     _check_ranges(cfg)
@@ -210,6 +220,19 @@ def _check_ranges(cfg: Config) -> None:
     need(len(a.zoom) == 2 and 0 < a.zoom[0] <= a.zoom[1],
          f"config key 'augment.zoom' must be [low, high] with 0 < low <= high, got {a.zoom}")
     need(a.fill in _FILLS, f"config key 'augment.fill' must be one of {', '.join(_FILLS)}, got '{a.fill}'")
+    need(0 <= cfg.dropout < 1, f"config key 'dropout' must be in [0, 1), got {cfg.dropout}")
+    need(0 < cfg.alpha <= 4, f"config key 'alpha' must be in (0, 4], got {cfg.alpha}")
+    need(8 <= cfg.input_size <= 1024, f"config key 'input_size' must be in [8, 1024], got {cfg.input_size}")
+    need(cfg.trainable in _TRAINABLE, f"config key 'trainable' must be one of {', '.join(_TRAINABLE)}, got '{cfg.trainable}'")
+    need(cfg.head in _HEADS, f"config key 'head' must be one of {', '.join(_HEADS)}, got '{cfg.head}'")
     from cifarlab.models import list_models  # late: models import torch, config should not need it to load
 
     need(cfg.model in list_models(), f"config key 'model': unknown model '{cfg.model}' (known: {', '.join(list_models())})")
+    if not is_transfer(cfg):
+        for key, default in (("weights", None), ("trainable", "all"), ("input_size", 32)):
+            need(getattr(cfg, key) == default, f"config key '{key}' applies to mobilenet_* models only, not '{cfg.model}'")
+
+
+def is_transfer(cfg: Config) -> bool:
+    """Pretrained-backbone models get the transfer wrapper (upscaling, freezing, new head)."""
+    return cfg.model.startswith("mobilenet")

@@ -29,6 +29,7 @@ from PIL import Image
 from cifarlab import CLASSES
 from cifarlab.data.safe_pickle import ForbiddenGlobal, safe_loads
 from cifarlab.errors import UserError
+from cifarlab.io import atomic_write
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -392,20 +393,13 @@ def _load_cache(cache: Path) -> dict[str, np.ndarray] | None:
 
 
 def _save_cache(cache: Path, arrays: dict[str, np.ndarray], progress: bool) -> None:
-    """Write atomically via a .part file; caching is optional, so OS errors only warn."""
-    part = cache.with_name(f"{cache.name}.{os.getpid()}.part")  # per process: concurrent starts don't clash
+    """Write atomically; caching is optional, so OS errors (read-only, disk full) only warn."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "wb") as f:  # a file object, so np.savez doesn't append .npz
-            np.savez(f, **arrays)
-        os.replace(part, cache)
+        atomic_write(cache, lambda f: np.savez(f, **arrays))  # a file object: np.savez adds no .npz
     except OSError as e:
-        _remove(part)
         if progress:
             print(f"note: not caching decoded CIFAR-10 ({e.strerror or e}: {e.filename or cache})", file=sys.stderr)
-    except BaseException:
-        _remove(part)
-        raise
 
 
 def _remove(p: Path) -> None:

@@ -42,7 +42,7 @@ def load_run_model(run_dir: Path, checkpoint: str = "last") -> tuple[nn.Module, 
         raise UserError(f"--checkpoint must be 'last' or 'best', got '{checkpoint}'")
     cfg = load_config(run_dir / "config.yaml")
     ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt")
-    model = build_model(cfg, select_device(cfg.device))
+    model = build_model(cfg, select_device(cfg.device), pretrained=False)  # the checkpoint has every weight
     try:
         model.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError) as e:

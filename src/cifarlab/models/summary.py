@@ -6,13 +6,16 @@ import torch
 import torch.nn as nn
 
 _NAMES = {
-    nn.Conv2d: "Conv. 2D", nn.BatchNorm2d: "Batch norm.", nn.ReLU: "ReLU", nn.ELU: "ELU",
+    nn.Conv2d: "Conv. 2D", nn.BatchNorm2d: "Batch norm.", nn.ReLU6: "ReLU6", nn.ReLU: "ReLU", nn.ELU: "ELU",
     nn.MaxPool2d: "Max pooling 2D", nn.Flatten: "Flatten", nn.Linear: "Dense", nn.Dropout: "Dropout",
 }
 
 
 def _layer_name(m: nn.Module) -> str:
-    name = _NAMES.get(type(m), type(m).__name__)
+    # isinstance, not type(): MobileNet's SameConv2d is a Conv2d, ReLU6 a kind of ReLU
+    name = next((n for t, n in _NAMES.items() if isinstance(m, t)), type(m).__name__)
+    if isinstance(m, nn.Conv2d) and m.groups > 1:
+        name = "Depthwise conv. 2D"
     return f"{name} ({m.p:g})" if isinstance(m, nn.Dropout) else name
 
 
@@ -44,7 +47,8 @@ def layer_table(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)
         model.train(was_training)
         for h in hooks:
             h.remove()
-    rows.append(("Softmax (in the loss)", rows[-1][1], 0))
+    if rows and rows[-1][0] == "Dense":  # classifiers end in a softmax, folded into the loss
+        rows.append(("Softmax (in the loss)", rows[-1][1], 0))
     return rows
 
 

@@ -18,12 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cifarlab.config import Config, save_config
+from cifarlab.config import Config, is_transfer, save_config
 from cifarlab.data import Cifar10, class_balanced_subset
 from cifarlab.data.augment import AugmentConfig, augment_batch
 from cifarlab.errors import UserError
 from cifarlab.io import load_checkpoint, save_checkpoint, write_csv, write_json
 from cifarlab.models import create_model
+from cifarlab.models.transfer import TransferNet
+from cifarlab.models.weights import load_weights
 from cifarlab.models.cnn import conv_kernels
 from cifarlab.train.progress import Progress, fmt_time
 
@@ -49,9 +51,10 @@ def augment_config(cfg: Config) -> AugmentConfig:
     return AugmentConfig(**{**a, "zoom": tuple(a["zoom"])})
 
 
-def to_input(x_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    x = x_uint8.float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+def to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 images -> float [0, 1]; cached embeddings (float16) -> float32."""
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 def l2_penalty(model: nn.Module) -> torch.Tensor:
@@ -78,7 +81,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
     for i in range(n_batches):
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         xb, yb = to_input(x[idx], cfg.channels_last), y[idx]
-        if aug.enabled:
+        if aug.enabled and x.dtype == torch.uint8:  # never on cached embeddings
             xb = augment_batch(xb, aug, gen)
         logits = model(xb)
         loss = F.cross_entropy(logits, yb)
@@ -114,18 +117,42 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def build_model(cfg: Config, device: torch.device) -> nn.Module:
+def build_model(cfg: Config, device: torch.device, pretrained: bool = True) -> nn.Module:
+    """The run's network. `pretrained=False` skips reading cfg.weights (a checkpoint will overwrite them)."""
     torch.manual_seed(cfg.seed)  # same initial weights for the same seed
-    model = create_model(cfg.model).to(device)
+    if is_transfer(cfg):
+        backbone = create_model(cfg.model, alpha=cfg.alpha)
+        if pretrained and cfg.weights:
+            load_weights(backbone, cfg.weights, input_size=cfg.input_size)
+        model = TransferNet(backbone, cfg.input_size, cfg.trainable, cfg.head, cfg.dropout)
+    else:
+        model = create_model(cfg.model)
+    model = model.to(device)
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+@torch.inference_mode()
+def embed_all(model: TransferNet, x: torch.Tensor, batch_size: int, quiet: bool, label: str) -> torch.Tensor:
+    """The frozen part's output for every image, as float16 (half the memory; the head sees
+    float32 again). Done once per run instead of once per epoch."""
+    device = next(model.parameters()).device
+    progress = Progress(math.ceil(len(x) / batch_size), label, quiet)
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(model.embed(to_input(x[i:i + batch_size].to(device), False)).half())
+        progress.update(len(out))
+    return torch.cat(out)
 
 
 def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: bool = False,
         log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train `cfg` on `data`, writing config.yaml, history.csv, metrics.json, last.pt, best.pt and
     train.log into `run_dir`. With `resume`, continue from run_dir/last.pt. Returns the metrics."""
-    device = select_device(cfg.device)  # before anything is written: a bad device leaves no run directory
+    # Everything that can fail on bad input (device, weights file) happens before anything is written.
     run_dir = Path(run_dir)
+    ckpt_path = run_dir / "last.pt"
+    device = select_device(cfg.device)
+    model = build_model(cfg, device, pretrained=not (resume and ckpt_path.exists()))
     run_dir.mkdir(parents=True, exist_ok=True)
     log = log or _logger(run_dir / "train.log", quiet)
 
@@ -136,10 +163,8 @@ def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: 
     train_x, train_y = train_x.to(device), train_y.to(device)
     val_x, val_y = data.val_x.to(device), data.val_y.to(device)
 
-    model = build_model(cfg, device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     state = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_accuracy": -1.0}
-    ckpt_path = run_dir / "last.pt"
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
@@ -151,6 +176,17 @@ def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: 
         log(f"training {cfg.preset or cfg.model} ({cfg.model}) on {len(train_x)} images, validating on "
             f"{len(val_x)}, {cfg.epochs} epochs, batch {cfg.batch_size}, device {device.type}")
 
+    net = model  # what the loop trains: the whole model, or only its tail on cached embeddings
+    if state["epoch"] < cfg.epochs and isinstance(model, TransferNet) and cfg.cache_features \
+            and not augment_config(cfg).enabled:
+        t0 = time.perf_counter()
+        train_x = embed_all(model, train_x, cfg.eval_batch_size, quiet, "embedding train set")
+        val_x = embed_all(model, val_x, cfg.eval_batch_size, quiet, "embedding validation set")
+        net = model.tail_module()
+        log(f"cached frozen-part outputs {tuple(train_x.shape[1:])} for {len(train_x) + len(val_x)} images "
+            f"in {time.perf_counter() - t0:.0f}s; training the last {sum(p.numel() for p in net.parameters()):,} "
+            "parameters on them")
+
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = cfg.lr_at(epoch)
@@ -158,8 +194,8 @@ def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: 
             group["lr"] = lr
         n_batches = math.ceil(len(train_x) / cfg.batch_size)
         progress = Progress(n_batches, f"epoch {epoch}/{cfg.epochs}", quiet)
-        train_loss, train_acc = train_epoch(model, opt, train_x, train_y, cfg, epoch, progress)
-        val_loss, val_acc = evaluate_model(model, val_x, val_y, cfg.eval_batch_size, cfg.channels_last)
+        train_loss, train_acc = train_epoch(net, opt, train_x, train_y, cfg, epoch, progress)
+        val_loss, val_acc = evaluate_model(net, val_x, val_y, cfg.eval_batch_size, cfg.channels_last)
         seconds = time.perf_counter() - t0
         row = dict(epoch=epoch, lr=lr, train_loss=round(train_loss, 5), train_acc=round(train_acc, 5),
                    val_loss=round(val_loss, 5), val_acc=round(val_acc, 5), seconds=round(seconds, 2))

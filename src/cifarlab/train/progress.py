@@ -30,6 +30,8 @@ class Progress:
         now = time.perf_counter()
         if self.quiet or (now - self.last < self.every and done < self.total):
             return
+        if done >= self.total and not self.tty:
+            return  # in logs the epoch summary line that follows says it all
         self.last = now
         elapsed = now - self.start
         eta = elapsed / done * (self.total - done) if done else 0.0
@@ -40,6 +42,6 @@ class Progress:
             self.stream.write("\r\033[K" + line)
             if done >= self.total:
                 self.stream.write("\r\033[K")  # the epoch summary line replaces the bar
-        elif done < self.total:
+        else:
             self.stream.write(line + "\n")
         self.stream.flush()
