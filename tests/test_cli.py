@@ -4,26 +4,10 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import CLASSES
 from cifarlab.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "cifar"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 3)):
-        for c, name in enumerate(CLASSES):
-            d = root / split / name
-            d.mkdir(parents=True)
-            for i in range(n):
-                img = np.full((32, 32, 3), c * 25, np.uint8) + rng.integers(0, 20, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(img).save(d / f"{i}.png")
-    return root
 
 
 @pytest.fixture(autouse=True)

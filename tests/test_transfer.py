@@ -69,3 +69,31 @@ def test_missing_weights_file_leaves_no_run_directory(tmp_path):
     with pytest.raises(UserError, match="nope.tflite"):
         fit(cfg, toy_data(), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_mnet2_v2_preset_with_the_real_v2_classifier_file(tmp_path, capsys):
+    """The v2 TFLite file has an ImageNet classifier: its backbone loads (a one-line note says the
+    classifier was skipped) and the mnet2-v2 recipe trains on it."""
+    from conftest import SHARED_DATA, skip_if_missing
+
+    weights = skip_if_missing(SHARED_DATA / "pretrained" / "mobilenet_v2_1.0_224_quant.tflite")
+    cfg = resolve_config("mnet2-v2", ["augment=null", "input_size=64", "batch_size=32"], epochs=1,
+                         weights=str(weights))
+    metrics = fit(cfg, toy_data(60, 30), tmp_path / "run", quiet=True)
+    assert metrics["finished"]
+    assert "classifier" in capsys.readouterr().err
+
+
+def test_cli_bad_weights_is_one_line_exit_2(tiny_tree, tmp_path, capsys, monkeypatch):
+    from cifarlab.cli import main
+
+    monkeypatch.setenv("CIFARLAB_HOME", str(tmp_path / "cache"))
+    bad = tmp_path / "w.tflite"
+    bad.write_bytes(b"not a flatbuffer at all")
+    rc = main(["train", "--preset", "mnet1", "--weights", str(bad), "--out", str(tmp_path / "run"),
+               "--data", str(tiny_tree), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "w.tflite" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -48,13 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "(--epochs may extend it)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
-    p = sub.add_parser("evaluate", help="score a run on the validation set (CIFAR-10 test split)",
+    p = sub.add_parser("evaluate", help="score a run on the validation set (CIFAR-10 test split) or a photo test set",
                        description="Print and save validation accuracy, per-class accuracy and the confusion "
-                       "matrix (RUN_DIR/eval/validation.json and validation_confusion.csv).")
+                       "matrix (RUN_DIR/eval/validation.json and validation_confusion.csv). With --testset: the "
+                       "same for a folder of photos, plus per-image predictions and the misclassified images "
+                       "(RUN_DIR/eval/test[_filtered].json, _confusion.csv, _predictions.csv, _misclassified.png).")
     p.add_argument("run_dir", metavar="RUN_DIR")
     _add_data(p)
     p.add_argument("--checkpoint", default="last", choices=["last", "best"],
                    help="last.pt (the final model, default) or best.pt (best validation epoch)")
+    p.add_argument("--testset", metavar="DIR", default=os.environ.get("CIFARLAB_TESTSET") or None,
+                   help="evaluate on DIR/<class>/<photo> instead (any size or format; default: $CIFARLAB_TESTSET)")
+    p.add_argument("--filtered", action="store_true", help="the study's filter: Gaussian blur, kernel "
+                   "round(width/75), at full resolution before resizing")
+    p.add_argument("--fit", default="crop", choices=["crop", "pad", "stretch"],
+                   help="make photos square by centre crop (default), padding with their mean colour, or stretching")
+    p.add_argument("--strict", action="store_true", help="fail on an unreadable file instead of skipping it")
 
     p = sub.add_parser("models", help="print each model's layers, output shapes and parameters (Table 1)")
     p.add_argument("names", nargs="*", metavar="MODEL",
@@ -72,6 +81,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="augment_preview.png", metavar="PNG", help="output file (default: %(default)s)")
     p.add_argument("--n", type=int, default=8, help="augmented copies per image (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("report", help="write an HTML report (tables, curves, confusion matrices) for runs",
+                       description="Write DIR/index.html, one self-contained page (images embedded) with Table 1, "
+                       "Table 2 next to the study's figures, accuracy curves, confusion matrices, misclassified "
+                       "images and visualisations of the given runs; the figures also go to DIR/figures/*.png.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder (created if missing)")
+    p.add_argument("--title", default=None, help="page title")
+    p = sub.add_parser("compare", help="Table 2: validation / test / test-filtered accuracy per model vs the study",
+                       description="Print and write Table 2 (table2.md, table2.csv in --out) for runs; runs of the "
+                       "same preset (several seeds) are pooled as mean ± std. Missing evaluations are run first.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    _add_data(p)
+    p.add_argument("--testset", metavar="DIR", default=os.environ.get("CIFARLAB_TESTSET") or None,
+                   help="photo test set for the test columns (default: $CIFARLAB_TESTSET; none: 'no test set')")
+    p.add_argument("--out", default=".", metavar="DIR", help="where to write table2.md and table2.csv (default: .)")
+
+    p = sub.add_parser("reproduce", help="the whole study: train the five models, evaluate, Table 2, report",
+                       description="Train BASE, IMP1, IMP2, MNET1 and MNET2 (finished runs in OUT are reused, an "
+                       "interrupted one resumes), evaluate each on the validation set and on the test set "
+                       "unfiltered and filtered, write Table 2 and an HTML report (OUT/report/index.html).")
+    _add_data(p)
+    p.add_argument("--testset", metavar="DIR", default=os.environ.get("CIFARLAB_TESTSET") or None,
+                   help="real-photo test set, DIR/<class>/<photo> (default: $CIFARLAB_TESTSET)")
+    p.add_argument("--out", default="study", metavar="DIR", help="output folder (default: %(default)s)")
+    p.add_argument("--profile", default="full", choices=["quick", "full"],
+                   help="full: the presets as they are (hours on a CPU); quick: training subsets and short "
+                   "schedules, under 30 minutes on 2 CPU cores (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per model, pooled as mean ± std (default: 1)")
+    p.add_argument("--weights", metavar="FILE", help="MobileNet weights for MNET1/MNET2 (.tflite, .h5 or "
+                   "'imagenet', the presets' default, which downloads Keras' file)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
 
 
@@ -115,6 +156,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    if args.testset:  # photos only: no CIFAR-10 needed
+        return _evaluate_testset(args, run_dir)
     cfg = load_config(run_dir / "config.yaml")
     data = load_cifar10(args.data or cfg.data)
     report = evaluate_run(run_dir, data.val_x, data.val_y, "validation", args.checkpoint)
@@ -122,6 +165,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for c, a in report["per_class_accuracy"].items():
         print(f"  {c:<11}{a:.3f}")
     print(f"wrote {run_dir / 'eval' / 'validation.json'} and validation_confusion.csv")
+    return 0
+
+
+def _evaluate_testset(args: argparse.Namespace, run_dir: Path) -> int:
+    from cifarlab.data.testset import load_testset
+    from cifarlab.evaluate.testset import evaluate_testset, output_files
+
+    ts = load_testset(args.testset, filtered=args.filtered, fit=args.fit, strict=args.strict)
+    name = "test_filtered" if args.filtered else "test"
+    report = evaluate_testset(run_dir, ts, name, args.checkpoint)
+    print(f"{run_dir} ({args.checkpoint}.pt): {name} accuracy {report['accuracy']:.4f} on {report['n']} images "
+          f"from {ts.root} ({'filtered, ' if ts.filtered else ''}fit {ts.fit}), {len(ts.skipped)} skipped")
+    for path, reason in ts.skipped[:10]:
+        print(f"  skipped {path}: {reason}")
+    if len(ts.skipped) > 10:
+        print(f"  ... and {len(ts.skipped) - 10} more (listed in {name}.json)")
+    for c, a in report["per_class_accuracy"].items():
+        print(f"  {c:<11}{a:.3f}")
+    if report["most_confused"]:
+        print("most confused (true -> predicted: count): "
+              + ", ".join(f"{t} -> {p}: {n}" for t, p, n in report["most_confused"]))
+    print("wrote " + ", ".join(str(f) for f in output_files(run_dir, name)))
     return 0
 
 
@@ -162,7 +227,52 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models, "augment-preview": cmd_augment_preview}
+def cmd_report(args: argparse.Namespace) -> int:
+    from cifarlab.report import write_report
+
+    kwargs = {"title": args.title} if args.title else {}
+    print(write_report([Path(d) for d in args.run_dirs], Path(args.out), **kwargs))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cifarlab.config import load_config
+    from cifarlab.data import load_cifar10
+    from cifarlab.data.testset import load_testset
+    from cifarlab.evaluate import evaluate_run, evaluate_testset
+    from cifarlab.evaluate.compare import format_markdown, table2_rows, write_table2
+
+    runs = [Path(d) for d in args.run_dirs]
+    for run in runs:
+        if not (run / "config.yaml").is_file() or not (run / "last.pt").is_file():
+            raise UserError(f"{run}: not a trained run directory (no config.yaml or last.pt)")
+    tests = {}
+    if args.testset:
+        tests = {"test": load_testset(args.testset), "test_filtered": load_testset(args.testset, filtered=True)}
+    cifar = None
+    for run in runs:
+        if not (run / "eval" / "validation.json").is_file():
+            cifar = cifar or load_cifar10(args.data or load_config(run / "config.yaml").data)
+            evaluate_run(run, cifar.val_x, cifar.val_y, "validation")
+        for name, ts in tests.items():
+            evaluate_testset(run, ts, name)
+    rows = table2_rows(runs)
+    print(format_markdown(rows, no_test=not args.testset))
+    md, csv = write_table2(rows, Path(args.out), no_test=not args.testset)
+    print(f"wrote {md} and {csv}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from cifarlab.reproduce import reproduce
+
+    index = reproduce(args.data, args.testset, Path(args.out), args.profile, args.seeds, args.weights, args.quiet)
+    print(index)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models, "augment-preview": cmd_augment_preview,
+            "report": cmd_report, "compare": cmd_compare, "reproduce": cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `cifarlab evaluate ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted; a training run continues with: cifarlab train --resume RUN_DIR", file=sys.stderr)
         return 130

@@ -1,0 +1,76 @@
+"""The report's figures: accuracy curves (the study's Figures 3 and 4) and confusion matrices.
+
+Built with matplotlib's object API (`Figure`, Agg canvas), never pyplot: no global figure registry to
+leak memory and no GUI backend, so it works headless and in threads.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from cifarlab.io import atomic_write
+
+
+def lr_drop_epochs(history: list[dict[str, Any]]) -> list[float]:
+    """Epochs after which the learning rate changed, read from the history's lr column (what ran,
+    not what the config planned: a resumed run with a new --epochs may differ)."""
+    return [float(a["epoch"]) for a, b in zip(history, history[1:]) if float(a["lr"]) != float(b["lr"])]
+
+
+def accuracy_curves(histories: dict[str, list[dict[str, Any]]], lr_drops: dict[str, list[float]]) -> Figure:
+    """One panel per model: train and validation accuracy per epoch, dashed lines where the learning
+    rate dropped (drawn between the last epoch at the old rate and the first at the new one)."""
+    n = max(len(histories), 1)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.4 * cols, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (name, hist) in zip(axes, histories.items()):
+        epochs = [float(r["epoch"]) for r in hist]
+        marker = "o" if len(hist) <= 30 else None  # a 1-epoch run is otherwise invisible
+        ax.plot(epochs, [float(r["train_acc"]) for r in hist], marker=marker, ms=3, label="train")
+        ax.plot(epochs, [float(r["val_acc"]) for r in hist], marker=marker, ms=3, label="validation")
+        for i, at in enumerate(lr_drops.get(name, [])):
+            ax.axvline(at + 0.5, color="grey", ls="--", lw=1, label="lr drop" if i == 0 else None)
+        final = f"val {float(hist[-1]['val_acc']):.1%}" if hist else "no epochs"
+        ax.set(title=f"{name}: {final}", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize="small")
+    for ax in axes[len(histories):]:
+        ax.set_visible(False)
+    return fig
+
+
+def confusion_figure(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> Figure:
+    """Counts in the cells; colour is the row-normalised fraction, so small test sets read like large ones."""
+    cm = np.asarray(cm, dtype=np.int64)
+    frac = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(5.6, 4.8), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(cm):
+        if count:
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if frac[i, j] > 0.5 else "black")
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, classes, fontsize=8)
+    ax.set(title=title, xlabel="predicted", ylabel="true")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
+    return fig
+
+
+def save_png(fig: Figure, path: Path, dpi: int = 100) -> None:
+    """Write `fig` as a PNG atomically (a crash leaves the old file or none)."""
+    FigureCanvasAgg(fig)  # attach an Agg canvas: PNG output without selecting a pyplot backend
+    atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=dpi))

@@ -1,0 +1,47 @@
+"""`reproduce` end to end on tiny data: five presets trained, evaluated, tabulated and reported; a
+second call reuses the finished runs."""
+
+import numpy as np
+from PIL import Image
+
+from cifarlab import CLASSES
+from cifarlab.reproduce import plan, reproduce
+
+TINY_MNET = ["alpha=0.25", "input_size=32", "weights=null", "epochs=1", "batch_size=16"]
+TINY = {"base": ["epochs=1"], "imp1": ["epochs=1"], "imp2": ["epochs=1"], "mnet1": TINY_MNET, "mnet2": TINY_MNET}
+
+
+def photo_tree(root):
+    rng = np.random.default_rng(1)
+    for c, name in enumerate(CLASSES[:4]):
+        (root / name).mkdir(parents=True)
+        for i, (w, h) in enumerate([(300, 200), (150, 150)]):
+            img = (np.full((h, w, 3), c * 40, np.uint8) + rng.integers(0, 30, (h, w, 3), dtype=np.uint8))
+            Image.fromarray(img).save(root / name / f"{i}.jpg")
+    return root
+
+
+def test_quick_profile_plans_subsets_and_the_full_one_the_presets(tmp_path):
+    quick = {j.preset: j.cfg for j in plan(tmp_path, "quick", 1, "w.tflite")}
+    full = {j.preset: j.cfg for j in plan(tmp_path, "full", 2, "w.tflite")}
+    assert set(quick) == {"base", "imp1", "imp2", "mnet1", "mnet2"}
+    assert all(c.train_subset for c in quick.values()) and quick["mnet1"].weights == "w.tflite"
+    assert full["imp2"].epochs == 150 and full["imp2"].train_subset is None
+    assert len(plan(tmp_path, "full", 2, None)) == 10  # two seeds per preset
+
+
+def test_reproduce_trains_evaluates_tabulates_reports_and_reuses(tiny_tree, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CIFARLAB_HOME", str(tmp_path / "cache"))
+    photos = photo_tree(tmp_path / "photos")
+    out = tmp_path / "out"
+    index = reproduce(str(tiny_tree), str(photos), out, profile="full", overrides=TINY)
+    assert index.is_file() and index.name == "index.html"
+    table = (out / "table2.md").read_text()
+    for model in ("BASE", "IMP1", "IMP2", "MNET1", "MNET2"):
+        assert f"| {model} | 1 |" in table
+    run = out / "runs" / "full" / "imp2-seed0"
+    for name in ("validation.json", "test.json", "test_filtered.json"):
+        assert (run / "eval" / name).is_file()
+    capsys.readouterr()
+    reproduce(str(tiny_tree), str(photos), out, profile="full", overrides=TINY)
+    assert capsys.readouterr().err.count("reusing it") == 5
