@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
 _NAMES = {
     nn.Conv2d: "Conv. 2D", nn.BatchNorm2d: "Batch norm.", nn.ReLU6: "ReLU6", nn.ReLU: "ReLU", nn.ELU: "ELU",
-    nn.MaxPool2d: "Max pooling 2D", nn.Flatten: "Flatten", nn.Linear: "Dense", nn.Dropout: "Dropout",
+    nn.MaxPool2d: "Max pooling 2D", nn.AdaptiveAvgPool2d: "Global avg. pooling", nn.Flatten: "Flatten", nn.Linear: "Dense", nn.Dropout: "Dropout",
 }
 
 
@@ -32,14 +34,9 @@ def _param_count(m: nn.Module) -> int:
 
 
 @torch.no_grad()
-def layer_table(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> list[tuple[str, str, int]]:
-    """Rows (layer type, output shape, parameter count) for every leaf module, in forward order."""
-    rows: list[tuple[str, str, int]] = []
-    hooks = [
-        m.register_forward_hook(lambda m, i, o: rows.append((_layer_name(m), _keras_shape(o.shape),
-                                                             _param_count(m))))
-        for m in model.modules() if not list(m.children())
-    ]
+def _trace(model: nn.Module, input_size: tuple[int, int, int], hook: Callable, leaves: Callable[[nn.Module], bool]) -> None:
+    """One eval-mode forward pass of a blank image with `hook(module, input, output)` on chosen leaves."""
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if leaves(m)]
     was_training = model.training
     try:
         model.eval()(torch.zeros(1, *input_size))
@@ -47,6 +44,13 @@ def layer_table(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)
         model.train(was_training)
         for h in hooks:
             h.remove()
+
+
+def layer_table(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> list[tuple[str, str, int]]:
+    """Rows (layer type, output shape, parameter count) for every leaf module, in forward order."""
+    rows: list[tuple[str, str, int]] = []
+    _trace(model, input_size, lambda m, i, o: rows.append((_layer_name(m), _keras_shape(o.shape), _param_count(m))),
+           lambda m: not list(m.children()) and not isinstance(m, (nn.Sequential, nn.Identity)))
     if rows and rows[-1][0] == "Dense":  # classifiers end in a softmax, folded into the loss
         rows.append(("Softmax (in the loss)", rows[-1][1], 0))
     return rows
@@ -61,7 +65,6 @@ def format_table(name: str, rows: list[tuple[str, str, int]]) -> str:
     return "\n".join(lines)
 
 
-@torch.no_grad()
 def forward_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> int:
     """Multiply-adds x 2 of one image's forward pass through convolutions and dense layers."""
     total = 0
@@ -73,12 +76,5 @@ def forward_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 3
         elif isinstance(m, nn.Linear):
             total += 2 * m.in_features * m.out_features
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    try:
-        model.eval()(torch.zeros(1, *input_size))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    _trace(model, input_size, hook, lambda m: isinstance(m, (nn.Conv2d, nn.Linear)))
     return total
