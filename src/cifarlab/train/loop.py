@@ -226,7 +226,7 @@ def _metrics(cfg: Config, state: dict[str, Any], n_train: int) -> dict[str, Any]
     return {
         "val_accuracy": hist[-1]["val_acc"] if hist else None,  # the final model (last.pt)
         "val_loss": hist[-1]["val_loss"] if hist else None,
-        "best_val_accuracy": state["best_val_accuracy"] if hist else None,  # best.pt; chosen on validation
+        "best_val_accuracy": round(state["best_val_accuracy"], 5) if hist else None,  # best.pt; chosen on validation
         "best_epoch": state["best_epoch"],
         "epochs": state["epoch"],
         "epochs_planned": cfg.epochs,
