@@ -47,6 +47,7 @@ def test_cached_training_matches_the_full_model(tmp_path):
     data = toy_data()
     metrics = fit(cfg, data, tmp_path / "run", quiet=True)
     assert "cached frozen-part outputs" in (tmp_path / "run" / "train.log").read_text()
+    assert metrics["embed_seconds"] > 0
     report = evaluate_run(tmp_path / "run", data.val_x, data.val_y)
     assert report["accuracy"] == pytest.approx(metrics["val_accuracy"], abs=0.02)  # float16 cache: +-1 image
 

@@ -180,14 +180,16 @@ def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: 
             f"{len(val_x)}, {cfg.epochs} epochs, batch {cfg.batch_size}, device {device.type}")
 
     net = model  # what the loop trains: the whole model, or only its tail on cached embeddings
+    embed_seconds = 0.0
     if state["epoch"] < cfg.epochs and isinstance(model, TransferNet) and cfg.cache_features \
             and not augment_config(cfg).enabled:
         t0 = time.perf_counter()
         train_x = embed_all(model, train_x, EMBED_BATCH, quiet, "embedding train set")
         val_x = embed_all(model, val_x, EMBED_BATCH, quiet, "embedding validation set")
         net = model.tail_module()
+        embed_seconds = time.perf_counter() - t0
         log(f"cached frozen-part outputs {tuple(train_x.shape[1:])} for {len(train_x) + len(val_x)} images "
-            f"in {time.perf_counter() - t0:.0f}s; training the last {sum(p.numel() for p in net.parameters()):,} "
+            f"in {embed_seconds:.0f}s; training the last {sum(p.numel() for p in net.parameters()):,} "
             "parameters on them")
 
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
@@ -209,19 +211,19 @@ def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: 
             save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc})
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state})
         write_csv(run_dir / "history.csv", state["history"], HISTORY_FIELDS)
-        metrics = _metrics(cfg, state, len(train_x))
+        metrics = _metrics(cfg, state, len(train_x), embed_seconds)
         write_json(run_dir / "metrics.json", metrics)
         eta = sum(r["seconds"] for r in state["history"][-3:]) / min(3, epoch) * (cfg.epochs - epoch)
         log(f"epoch {epoch}/{cfg.epochs} lr {lr:.2g} train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f}s, ETA {fmt_time(eta)}")
-    metrics = _metrics(cfg, state, len(train_x))
+    metrics = _metrics(cfg, state, len(train_x), embed_seconds)
     write_json(run_dir / "metrics.json", metrics)
     log(f"done: val_accuracy {metrics['val_accuracy']:.4f} (best {metrics['best_val_accuracy']:.4f} at epoch "
         f"{metrics['best_epoch']}), {metrics['train_seconds'] / 60:.1f} min; run directory {run_dir}")
     return metrics
 
 
-def _metrics(cfg: Config, state: dict[str, Any], n_train: int) -> dict[str, Any]:
+def _metrics(cfg: Config, state: dict[str, Any], n_train: int, embed_seconds: float = 0.0) -> dict[str, Any]:
     hist = state["history"]
     return {
         "val_accuracy": hist[-1]["val_acc"] if hist else None,  # the final model (last.pt)
@@ -231,7 +233,8 @@ def _metrics(cfg: Config, state: dict[str, Any], n_train: int) -> dict[str, Any]
         "epochs": state["epoch"],
         "epochs_planned": cfg.epochs,
         "finished": state["epoch"] >= cfg.epochs,
-        "train_seconds": round(sum(r["seconds"] for r in hist), 2),
+        "train_seconds": round(sum(r["seconds"] for r in hist), 2),  # epochs only
+        "embed_seconds": round(embed_seconds, 2),  # the one-off frozen-backbone pass (this process), if cached
         "train_images": n_train,
         "model": cfg.model,
         "preset": cfg.preset,
