@@ -7,6 +7,7 @@ resumes, so the command can be stopped and started again at any point.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -72,8 +73,6 @@ def estimate_seconds(cfg: Config, n_val: int = 10_000) -> float:
 
 
 def is_finished(run_dir: Path) -> bool:
-    import json
-
     try:
         return json.loads((run_dir / "metrics.json").read_text()).get("finished", False)
     except (OSError, ValueError):
