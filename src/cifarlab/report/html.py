@@ -23,6 +23,7 @@ from cifarlab import CLASSES, __version__
 from cifarlab.config import Config, is_transfer, load_config
 from cifarlab.errors import UserError
 from cifarlab.evaluate.compare import table2_rows
+from cifarlab.evaluate.testset import most_confused
 from cifarlab.io import atomic_write, write_text
 from cifarlab.models import layer_table
 from cifarlab.report.figures import accuracy_curves, confusion_figure, lr_drop_epochs, save_png
@@ -306,12 +307,6 @@ def _extras(runs: list[Run], extra: dict[str, Path], imgs: Images) -> str:
     return "\n".join(parts)
 
 
-def _most_confused(cm: list[list[int]], classes: list[str], k: int = 5) -> list[list[str]]:
-    """The k largest off-diagonal cells (derived from the matrix, so any eval JSON has them)."""
-    cells = [(n, t, p) for t, row in enumerate(cm) for p, n in enumerate(row) if t != p and n > 0]
-    return [[classes[t], classes[p], str(n)] for n, t, p in sorted(cells, key=lambda c: (-c[0], c[1], c[2]))[:k]]
-
-
 def _skipped(report: dict[str, Any]) -> str:
     n = report.get("n_skipped") or len(report.get("skipped") or [])
     if not n:
@@ -358,7 +353,8 @@ def _eval_block(r: Run, s: str, rep: dict[str, Any], imgs: Images) -> str:
     mis = r.path / "eval" / f"{s}_misclassified.png"
     if mis.is_file():
         figs.append(imgs.file(f"{r.label}_misclassified_{s}", mis, f"{r.label}, {name}: misclassified images"))
-    confused = _most_confused(rep["confusion_matrix"], classes) if rep.get("confusion_matrix") else []
+    confused = [[t, p, str(n)] for t, p, n in most_confused(rep["confusion_matrix"], classes)] \
+        if rep.get("confusion_matrix") else []
     table = _table(["True", "Predicted as", "Count"], confused, 2) if confused else ""
     return (f"<h4>{e(line)}</h4>\n{_skipped(rep)}\n<div class=\"row\">{''.join(figs)}</div>\n"
             + (f"<p class=\"meta\">Most confused pairs ({e(name)}):</p>\n{table}" if table else ""))
