@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import http.client
 import io
 import json
 import os
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, IO
 
@@ -57,3 +62,35 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as e:  # torch raises many types for corrupt or hostile files
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: cannot load checkpoint ({reason})") from None
+
+
+def download(url: str, dest: Path, what: str, hint: str, md5: str | None = None, size: int | None = None,
+             progress: bool = True) -> Path:
+    """Stream url to dest via a .part file, checking size/MD5 when known; a failure leaves no file and
+    raises one UserError line that ends with `hint` (how to proceed offline)."""
+    dest = Path(dest)
+    part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if progress:
+            print(f"downloading {what} from {url} to {dest}", file=sys.stderr)
+        digest, n = hashlib.md5(), 0
+        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+            while chunk := r.read(1 << 20):
+                digest.update(chunk)
+                n += len(chunk)
+                f.write(chunk)
+        if (md5 and digest.hexdigest() != md5) or (size and n != size):
+            raise UserError(f"{url}: downloaded {n} bytes with MD5 {digest.hexdigest()}, expected "
+                            f"{size or '?'} bytes with MD5 {md5 or '?'} (md5 check failed: corrupt or truncated "
+                            f"download); {hint}")
+        os.replace(part, dest)
+    except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
+        part.unlink(missing_ok=True)
+        reason = e if isinstance(e, urllib.error.HTTPError) else (
+            getattr(e, "reason", None) or getattr(e, "strerror", None) or e)
+        raise UserError(f"cannot download {what} from {url} ({reason}); {hint}") from None
+    except BaseException:  # the checksum error, Ctrl-C: never leave a .part behind
+        part.unlink(missing_ok=True)
+        raise
+    return dest

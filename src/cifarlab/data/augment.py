@@ -34,7 +34,6 @@ Order as in `ImageDataGenerator.apply_transform`: affine warp, then channel shif
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -8,15 +8,12 @@ The decoded uint8 arrays are cached as <cache_dir>/decoded/<key>.npz, so a secon
 """
 
 import hashlib
-import http.client
 import io
 import os
 import pickle
 import sys
 import tarfile
 import time
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -29,7 +26,7 @@ from PIL import Image
 from cifarlab import CLASSES
 from cifarlab.data.safe_pickle import ForbiddenGlobal, safe_loads
 from cifarlab.errors import UserError
-from cifarlab.io import atomic_write
+from cifarlab.io import atomic_write, download
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -70,34 +67,8 @@ def resolve_data_source(data: str | os.PathLike | None = None, cache_dir: Path |
 
 
 def download_cifar10(dest_dir: Path, progress: bool = True) -> Path:
-    """Download the official tarball into dest_dir, checking its MD5; returns the file's path."""
-    dest = Path(dest_dir) / TARBALL
-    part = dest.with_name(dest.name + ".part")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{dest.parent}: cannot create the cache folder ({e.strerror or e}); {_DATA_HINT}") from None
-    if progress:
-        print(f"downloading CIFAR-10 (163 MiB) from {CIFAR10_URL} to {dest}", file=sys.stderr)
-    md5 = hashlib.md5()
-    try:
-        with urllib.request.urlopen(CIFAR10_URL, timeout=60) as r, open(part, "wb") as f:
-            while chunk := r.read(1 << 20):
-                md5.update(chunk)
-                f.write(chunk)
-        if md5.hexdigest() != CIFAR10_MD5:
-            raise UserError(f"{CIFAR10_URL}: downloaded file has MD5 {md5.hexdigest()}, "
-                            f"expected {CIFAR10_MD5} (corrupt or truncated download); {_DATA_HINT}")
-        os.replace(part, dest)
-    except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
-        _remove(part)
-        reason = e if isinstance(e, urllib.error.HTTPError) else (
-            getattr(e, "reason", None) or getattr(e, "strerror", None) or e)
-        raise UserError(f"cannot download CIFAR-10 ({reason}); {_DATA_HINT}") from None
-    except BaseException:  # including KeyboardInterrupt and the MD5 error: never leave a .part
-        _remove(part)
-        raise
-    return dest
+    """Download the official tarball (163 MiB) into dest_dir, checking its MD5; returns the file's path."""
+    return download(CIFAR10_URL, Path(dest_dir) / TARBALL, "CIFAR-10", _DATA_HINT, md5=CIFAR10_MD5, progress=progress)
 
 
 # ---------------------------------------------------------------- public loader

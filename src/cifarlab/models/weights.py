@@ -13,12 +13,7 @@ and the v2 file exists only with its classifier.
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import os
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +22,9 @@ import tflite
 import torch
 import torch.nn as nn
 
+from cifarlab.data.cifar import default_cache_dir
 from cifarlab.errors import UserError
+from cifarlab.io import download
 from cifarlab.models.mobilenet import ConvBNReLU, MobileNetV1, MobileNetV2
 
 
@@ -338,32 +335,10 @@ def imagenet_url(model: nn.Module, input_size: int = 224) -> str:
 def fetch_imagenet(model: nn.Module, input_size: int = 224, cache_dir: Path | None = None) -> Path:
     """The cached Keras file for the model, downloaded (atomically, size/md5-checked when known) if missing."""
     url = imagenet_url(model, input_size)
-    root = Path(cache_dir or os.environ.get("CIFARLAB_HOME") or Path.home() / ".cache" / "cifarlab").expanduser()
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     dest = root / "weights" / url.rsplit("/", 1)[-1]
     if dest.is_file():
         return dest
-    part = dest.with_name(f".{dest.name}.{os.getpid()}.part")  # renamed into place once complete
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        print(f"downloading {url} to {dest}", file=sys.stderr)
-        md5, size = hashlib.md5(), 0
-        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
-            while chunk := r.read(1 << 20):
-                md5.update(chunk)
-                size += len(chunk)
-                f.write(chunk)
-        want = KNOWN_FILES.get(dest.name)
-        if want and (size, md5.hexdigest()) != want:
-            raise UserError(f"{url}: downloaded {size} bytes with md5 {md5.hexdigest()}, expected {want[0]} "
-                            f"bytes with md5 {want[1]} (corrupt download?); pass --weights FILE")
-        os.replace(part, dest)
-    except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
-        part.unlink(missing_ok=True)
-        reason = e if isinstance(e, urllib.error.HTTPError) else (
-            getattr(e, "reason", None) or getattr(e, "strerror", None) or e)
-        raise UserError(f"cannot download ImageNet weights from {url} ({reason}); "
-                        f"offline? pass --weights FILE (a .h5 or .tflite file)") from None
-    except BaseException:  # the hash error, Ctrl-C: never leave a .part behind
-        part.unlink(missing_ok=True)
-        raise
-    return dest
+    want = KNOWN_FILES.get(dest.name, (None, None))
+    return download(url, dest, "ImageNet weights", "offline? pass --weights FILE (a .h5 or .tflite file)",
+                    md5=want[1], size=want[0])
