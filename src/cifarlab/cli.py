@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE", help="MobileNet weights for MNET1/MNET2 (.tflite, .h5 or "
                    "'imagenet', the presets' default, which downloads Keras' file)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    # [visualize parser]
+    # [robustness parser]
     return parser
 
 
@@ -272,7 +274,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models, "augment-preview": cmd_augment_preview,
-            "report": cmd_report, "compare": cmd_compare, "reproduce": cmd_reproduce}
+            "report": cmd_report, "compare": cmd_compare, "reproduce": cmd_reproduce,
+            # [more commands]
+            }
 
 
 def main(argv: list[str] | None = None) -> int:
