@@ -217,12 +217,17 @@ def test_class_folders_must_match(tmp_path):
     raises_user_error(root, tmp_path, root, "test/", "missing truck", "unexpected trucks")
 
 
-def test_undecodable_image(tmp_path):
+def test_undecodable_image_is_skipped_and_reported(tmp_path, capsys):
     root = write_tree(tmp_path / "tree")
     (root / "train" / "frog" / "0001.png").write_bytes(b"not a png")
-    raises_user_error(root, tmp_path, "train/frog/0001.png", "cannot decode")
     z = archive(root, tmp_path / "t.zip")
-    raises_user_error(z, tmp_path, z, "train/frog/0001.png")
+    for src in (root, z):
+        d = load(src, tmp_path)
+        assert len(d.train_y) == 19 and (d.train_y == CLASSES.index("frog")).sum() == 1
+        assert "skipped 1 unreadable files" in capsys.readouterr().err
+    for p in (root / "train" / "frog").iterdir():  # a class left with nothing readable is an error
+        p.write_bytes(b"not a png")
+    raises_user_error(root, tmp_path, "train/frog/", "no readable images")
 
 
 def test_empty_class_folder(tmp_path):
@@ -323,7 +328,7 @@ def test_folder_cache_invalidated_by_change(tmp_path):
     os.utime(root / "train" / "cat" / "0000.png", ns=(1, 1))  # a new mtime even on coarse clocks
     d = load(root, tmp_path)
     assert d.train_x[6, :, 0, 0].tolist() == [1, 2, 3]
-    assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 2
+    assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 1  # one file per source, overwritten
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path, batches_tgz):

@@ -14,12 +14,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, IO
 
-import torch
-
 from cifarlab.errors import UserError
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Readers (and a crash, kill -9 or power cut at any moment) see the old file or the new one, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
@@ -31,6 +30,21 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # makes the rename itself durable; not possible on every OS or file system, and only a nicety there
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -50,11 +64,16 @@ def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str] | None =
 
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
+    import torch  # late: config and data code use this module without needing torch
+
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with weights_only=True: a checkpoint holds tensors and plain data, never code."""
+    """Load with weights_only=True: a checkpoint holds tensors and plain data, never code. A file
+    naming any other global (os.system, a class, ...) fails with one line before anything runs."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -4,7 +4,9 @@ Sources (file or folder, archives read in memory, never extracted next to the da
   cifar-10-python.tar.gz, cifar-10-batches-py/, or a folder holding it;
   train/<class>/*, test/<class>/* image trees, as a folder or a .tar/.tar.gz/.tgz/.zip,
   possibly one folder down.
-The decoded uint8 arrays are cached as <cache_dir>/decoded/<key>.npz, so a second start is fast.
+The decoded uint8 arrays are cached as <cache_dir>/decoded/<key>.npz, so a second start is fast; the
+cache is checked against the source's sizes, mtimes and inodes and a SHA-256 of its arrays, and rebuilt
+when either differs. Unreadable images in a tree are skipped and listed, never fatal.
 """
 
 import hashlib
@@ -24,15 +26,19 @@ import torch
 from PIL import Image
 
 from cifarlab import CLASSES
+from cifarlab.data import npzcache
+from cifarlab.data.images import UnreadablePhoto, decode_image, load_photo
 from cifarlab.data.safe_pickle import ForbiddenGlobal, safe_loads
 from cifarlab.errors import UserError
-from cifarlab.io import atomic_write, download
+from cifarlab.io import download
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 TARBALL = "cifar-10-python.tar.gz"
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-_CACHE_VERSION = 1  # bump when the decoded layout changes
+_CACHE_VERSION = 2  # bump when the decoded layout changes
+ARCHIVE_MEMBER_MAX = 512 << 20  # archives are read in memory: cap what a hostile one can claim
+ARCHIVE_TOTAL_MAX = 2 << 30
 _DATA_HINT = ("pass --data PATH (cifar-10-python.tar.gz, cifar-10-batches-py/, "
               "or a train/test image-folder tree or archive) or set CIFARLAB_DATA")
 # what bad input can raise while we read it; turned into a one-line UserError
@@ -86,14 +92,15 @@ def load_cifar10(data: str | os.PathLike | None = None, cache_dir: Path | None =
         path = download_cifar10(path.parent, progress)
 
     listing = _list_folder(path) if path.is_dir() else None  # folders: find the files to key on
-    cache = cache_dir / "decoded" / f"{_cache_key(path, listing)}.npz"
-    arrays = _load_cache(cache)
+    name, fingerprint = _cache_key(path, listing)
+    cache = cache_dir / "decoded" / f"{name}.npz"
+    arrays = npzcache.load(cache, fingerprint, _valid, "decoded CIFAR-10", progress)
     if arrays is None:
         t0 = time.time()
         if progress:
             print(f"decoding CIFAR-10 from {path} (once; cached as {cache})", file=sys.stderr)
         arrays = _decode(path, listing)
-        _save_cache(cache, arrays, progress)
+        npzcache.save(cache, arrays, fingerprint, "decoded CIFAR-10", progress)
         if progress:
             n = len(arrays["train_y"]) + len(arrays["val_y"])
             print(f"decoded {n} images in {time.time() - t0:.1f} s", file=sys.stderr)
@@ -167,14 +174,32 @@ def _list_folder(path: Path) -> tuple[str, dict[str, Path]]:
     root = path / prefix
     if kind == "batches":
         return kind, {n: root / n for n in BATCHES + ["batches.meta"] if (root / n).is_file()}
-    files = {}
+    files: dict[str, Path | None] = {}
     for split in ("train", "test"):
-        for dirpath, dirnames, filenames in os.walk(root / split):
-            dirnames[:] = [d for d in dirnames if _visible((d,))]
-            rel = Path(dirpath).relative_to(root).as_posix()
-            files[rel + "/"] = None  # keep folders, so empty class folders are reported
-            files.update({f"{rel}/{f}": Path(dirpath, f) for f in filenames if _visible((f,))})
-    return kind, {n: p for n, p in files.items() if p is None or p.is_file()}
+        _walk(root / split, split, files, set())
+    return kind, files
+
+
+def _walk(folder: Path, rel: str, files: dict[str, Path | None], seen: set[tuple[int, int]]) -> None:
+    """Visible entries under folder, following symlinked folders but never into a loop. Folders are
+    kept (so an empty class folder is reported); files that are not images are reported at decoding."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return
+    if (st.st_dev, st.st_ino) in seen:  # a symlink back up the tree
+        return
+    seen.add((st.st_dev, st.st_ino))
+    files[rel + "/"] = None
+    for e in _scandir(folder):
+        try:
+            is_dir = e.is_dir()  # follows symlinks; a symlink loop raises
+        except OSError:
+            is_dir = False
+        if is_dir:
+            _walk(Path(e.path), f"{rel}/{e.name}", files, seen)
+        else:
+            files[f"{rel}/{e.name}"] = Path(e.path)
 
 
 def _scandir(path: Path) -> list[os.DirEntry]:
@@ -187,6 +212,14 @@ def _scandir(path: Path) -> list[os.DirEntry]:
 def _read_archive(path: Path) -> dict[str, bytes]:
     """All visible files of a .tar(.gz) or .zip, in memory, by normalized name (folders end in '/')."""
     files: dict[str, bytes] = {}
+    total = 0
+
+    def check_size(name: str, size: int) -> None:  # a zip/tar bomb is refused before it is read
+        nonlocal total
+        total += size
+        if size > ARCHIVE_MEMBER_MAX or total > ARCHIVE_TOTAL_MAX:
+            raise UserError(f"{path}: {name} would take the archive over {ARCHIVE_TOTAL_MAX >> 20} MiB in memory "
+                            f"(or {ARCHIVE_MEMBER_MAX >> 20} MiB for one file); extract it and pass the folder")
 
     def add(name: str, data: bytes | None):
         parts = tuple(p for p in PurePosixPath(name).parts if p not in ("/", "."))
@@ -201,11 +234,13 @@ def _read_archive(path: Path) -> dict[str, bytes]:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
+                    check_size(info.filename, info.file_size)
                     add(info.filename, None if info.is_dir() else zf.read(info))
         else:
             with tarfile.open(path, "r:*") as tf:
                 for m in tf:  # in order: reading a .tar.gz sequentially is fast
                     if m.isdir() or m.isfile():
+                        check_size(m.name, m.size)
                         add(m.name, tf.extractfile(m).read() if m.isfile() else None)
     except _BAD_INPUT as e:
         raise UserError(f"{path}: unreadable or corrupt archive ({_why(e)})") from None
@@ -268,7 +303,7 @@ def _unpickle(path: Path, name: str, v: bytes | Path) -> object:
     except ForbiddenGlobal as e:
         raise UserError(f"{path}:{name}: refused to unpickle forbidden global {e.name!r} "
                         f"(batch files may only contain arrays and plain data)") from None
-    except (*_BAD_INPUT, TypeError, AttributeError) as e:  # malformed pickles raise all sorts
+    except (*_BAD_INPUT, TypeError, AttributeError, MemoryError) as e:  # malformed pickles raise all sorts
         raise UserError(f"{path}:{name}: not a readable CIFAR-10 batch pickle ({_why(e)})") from None
 
 
@@ -297,7 +332,7 @@ def _batch_arrays(path: Path, name: str, d: object) -> tuple[np.ndarray, np.ndar
 
 
 def _decode_tree(path: Path, files: dict[str, bytes | Path | None]) -> dict[str, np.ndarray]:
-    out, resized = {}, 0
+    out, resized, skipped = {}, 0, []
     for split, key in (("train", "train"), ("test", "val")):
         classes = {n.split("/")[1] for n in files if n.startswith(split + "/") and n.count("/") >= 2}
         if classes != set(CLASSES):
@@ -305,76 +340,67 @@ def _decode_tree(path: Path, files: dict[str, bytes | Path | None]) -> dict[str,
             raise UserError(f"{path}: {split}/ class folders must be exactly the ten CIFAR-10 classes"
                             + (f"; missing {', '.join(missing)}" if missing else "")
                             + (f"; unexpected {', '.join(extra)}" if extra else ""))
-        members = []
+        xs, ys = [], []
         for c, cls in enumerate(CLASSES):
             names = sorted(n for n, v in files.items() if v is not None and n.startswith(f"{split}/{cls}/"))
             if not names:
                 raise UserError(f"{path}: {split}/{cls}/ has no images")
-            members += [(n, c) for n in names]
-        x = np.empty((len(members), 3, 32, 32), np.uint8)  # preallocate: 60k small copies, no big concat
-        for i, (n, _) in enumerate(members):
-            x[i], r = _decode_image(path, n, files[n])
-            resized += r
-        out[f"{key}_x"], out[f"{key}_y"] = x, np.array([c for _, c in members], np.int64)
+            n_before = len(xs)
+            for n in names:
+                try:
+                    x, r = _decode_image(n, files[n])
+                except UnreadablePhoto as e:
+                    skipped.append((n, e.reason))
+                    continue
+                xs.append(x)
+                resized += r
+            if len(xs) == n_before:
+                raise UserError(f"{path}: {split}/{cls}/ has no readable images ({len(names)} unreadable, e.g. "
+                                f"{skipped[-1][0]}: {skipped[-1][1]})")
+            ys += [c] * (len(xs) - n_before)
+        out[f"{key}_x"], out[f"{key}_y"] = np.ascontiguousarray(np.stack(xs)), np.array(ys, np.int64)
     if resized:
         print(f"note: resized {resized} images that were not 32x32 in {path}", file=sys.stderr)
+    if skipped:
+        shown = "; ".join(f"{n} ({why})" for n, why in skipped[:5])
+        print(f"note: skipped {len(skipped)} unreadable files in {path}: {shown}"
+              + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""), file=sys.stderr)
     return out
 
 
-def _decode_image(path: Path, name: str, v: bytes | Path) -> tuple[np.ndarray, bool]:
-    try:
-        img = Image.open(io.BytesIO(_read(v))).convert("RGB")
-        resized = img.size != (32, 32)
-        if resized:  # friendlier than refusing; PIL's bilinear antialiases when shrinking
-            img = img.resize((32, 32), Image.Resampling.BILINEAR)
-        return np.asarray(img).transpose(2, 0, 1), resized
-    except Exception as e:  # PIL raises many types for bad files (OSError, SyntaxError, DecompressionBombError)
-        raise UserError(f"{path}:{name}: cannot decode image ({_why(e)})") from None
+def _decode_image(name: str, v: bytes | Path) -> tuple[np.ndarray, bool]:
+    """One image as uint8 (3, 32, 32) (and whether it was resized), or UnreadablePhoto."""
+    img = decode_image(v, name) if isinstance(v, bytes) else load_photo(v)
+    resized = img.size != (32, 32)
+    if resized:  # friendlier than refusing; PIL's bilinear antialiases when shrinking
+        img = img.resize((32, 32), Image.Resampling.BILINEAR)
+    return np.asarray(img).transpose(2, 0, 1), resized
 
 
 # ---------------------------------------------------------------- cache
 
-def _cache_key(path: Path, listing: tuple[str, dict] | None) -> str:
-    """Cheap: the path plus sizes and mtimes of the files read, never their contents."""
-    h = hashlib.sha256(f"cifarlab-cache-v{_CACHE_VERSION}\0{path.resolve()}".encode())
+def _cache_key(path: Path, listing: tuple[str, dict] | None) -> tuple[str, str]:
+    """(file name, fingerprint). One cache file per source path; the fingerprint holds the size, mtime
+    and inode of every file read (what changes when one is edited or replaced), never their contents."""
+    name = hashlib.sha256(f"cifarlab-cache-v{_CACHE_VERSION}\0{path.resolve()}".encode()).hexdigest()[:32]
+    h = hashlib.sha256(name.encode())
     files = {"": path} if listing is None else listing[1]
-    for name, p in sorted(files.items()):
+    for rel, p in sorted(files.items()):
         if p is not None:
-            st = p.stat()
-            h.update(f"\0{name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:32]
+            try:
+                st = p.stat()
+                h.update(f"\0{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}".encode())
+            except OSError:  # broken link, loop: decoding reports it
+                h.update(f"\0{rel}\0?".encode())
+    return name, h.hexdigest()
 
 
-def _load_cache(cache: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None if absent or unusable (a bad file is deleted and rebuilt)."""
-    if not cache.is_file():
-        return None
-    try:
-        with open(cache, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed even if np.load fails
-            a = {k: z[k] for k in ("train_x", "train_y", "val_x", "val_y", "kind")}
-        for s in ("train", "val"):
-            x, y = a[f"{s}_x"], a[f"{s}_y"]
-            if not (x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (3, 32, 32)
-                    and y.dtype == np.int64 and y.shape == (len(x),) and str(a["kind"]) in ("batches", "tree")):
-                raise ValueError("unexpected arrays")
-        return a
-    except Exception:  # corrupt, truncated, or from another version: rebuild silently
-        _remove(cache)
-        return None
-
-
-def _save_cache(cache: Path, arrays: dict[str, np.ndarray], progress: bool) -> None:
-    """Write atomically; caching is optional, so OS errors (read-only, disk full) only warn."""
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache, lambda f: np.savez(f, **arrays))  # a file object: np.savez adds no .npz
-    except OSError as e:
-        if progress:
-            print(f"note: not caching decoded CIFAR-10 ({e.strerror or e}: {e.filename or cache})", file=sys.stderr)
-
-
-def _remove(p: Path) -> None:
-    try:
-        p.unlink(missing_ok=True)
-    except OSError:  # e.g. a read-only cache folder: nothing to clean up there anyway
-        pass
+def _valid(a: dict[str, np.ndarray]) -> bool:
+    if str(a["kind"]) not in ("batches", "tree"):
+        return False
+    for s in ("train", "val"):
+        x, y = a[f"{s}_x"], a[f"{s}_y"]
+        if not (x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (3, 32, 32)
+                and y.dtype == np.int64 and y.shape == (len(x),)):
+            return False
+    return True

@@ -12,97 +12,35 @@ Each photo goes through one pipeline (`prepare_photo`):
   4. resize to 32x32 with Lanczos (PIL's antialiasing filter: what `Image.ANTIALIAS` meant).
 Models with a larger input upscale the 32x32 image themselves, exactly as in their training.
 
-The prepared uint8 arrays are cached in $CIFARLAB_HOME/testsets/<key>.npz (key: root, every
-file's size and mtime, and the options), so repeated evaluations skip the decoding.
+The prepared uint8 arrays are cached in $CIFARLAB_HOME/testsets/<key>.npz (key: root and options;
+checked against every file's size, mtime and inode and a SHA-256 of the arrays), so repeated
+evaluations skip the decoding. Decoding itself, and what bad files are skipped, is cifarlab.data.images.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, ImageStat
+from PIL import Image, ImageStat
 
 from cifarlab import CLASSES
+from cifarlab.data import npzcache
 from cifarlab.data.cifar import default_cache_dir
+from cifarlab.data.images import UnreadablePhoto, load_photo  # noqa: F401 (re-exported: the photo readers)
 from cifarlab.errors import UserError
-from cifarlab.io import atomic_write
 
 FITS = ("crop", "pad", "stretch")
 BLUR_DIVISOR = 75  # the study: kernel size = photo width / 75
-_CACHE_VERSION = 1  # bump when the pipeline's output changes
-
-
-class UnreadablePhoto(UserError):
-    """A file that is not a decodable image; `reason` is the short why, for skip lists."""
-
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"{path}: cannot read image ({reason})")
-        self.reason = reason
-
-
-# ---------------------------------------------------------------- decoding
-
-def load_photo(path: str | os.PathLike) -> Image.Image:
-    """The photo as an 8-bit RGB image, as a viewer shows it (EXIF orientation applied)."""
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise UnreadablePhoto(path, "empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # too big: refuse, don't just warn
-            with Image.open(path) as img:
-                img.seek(0)  # animations: the first frame
-                img.load()
-                return _to_rgb(_upright(img))
-    except UnreadablePhoto:
-        raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise UnreadablePhoto(path, f"over {Image.MAX_IMAGE_PIXELS} pixels (decompression bomb guard)") from None
-    except Image.UnidentifiedImageError:
-        raise UnreadablePhoto(path, "not an image Pillow can identify") from None
-    except Exception as e:  # Pillow raises many types for corrupt files (OSError, SyntaxError, ValueError, ...)
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise UnreadablePhoto(path, f"{type(e).__name__}: {first}" if first else type(e).__name__) from None
-
-
-def _upright(img: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block should not cost us the photo
-        return img
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        img = Image.fromarray(_to_uint8(np.asarray(img)))
-    if img.has_transparency_data:  # RGBA, LA, PA, or a palette/grey image with a transparent colour
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, img.convert("RGBA")).convert("RGB")
-    return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
-
-
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    """High-bit-depth grey to 8 bits. Pillow's own convert clips at 255 (a 16-bit photo turns white),
-    so scale: 16-bit by 255/65535; floats in [0, 1] by 255; 32-bit ints or other floats by the
-    smallest of 8/16 bits that holds their maximum (the file does not say its bit depth)."""
-    top = float(a.max(initial=0))
-    if (a.dtype.kind == "u" and a.dtype.itemsize == 2) or 255 < top <= 65535:  # any byte order
-        scale = 255 / 65535
-    elif a.dtype.kind == "f" and top <= 1:
-        scale = 255.0
-    elif top <= 255:
-        scale = 1.0
-    else:
-        scale = 255 / top
-    return np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+PAD_MAX_SIDE = 4096  # fit='pad' shrinks first beyond this, so the square canvas stays small
+_CACHE_VERSION = 2  # bump when the pipeline's output changes
 
 
 # ---------------------------------------------------------------- the study's filter
@@ -141,9 +79,11 @@ def study_blur(img: Image.Image, width: int | None = None) -> Image.Image:
         return img
     k = blur_kernel_length(s)
     g = gaussian_taps(k, blur_sigma(k))
-    x = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)[None].float()  # HWC: channels-last
-    y = blur_tensor(x, g)
-    return Image.fromarray(y[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy())
+    a = np.array(img.convert("RGB"))
+    for c in range(3):  # one channel at a time: a third of the float memory on a 50 MP photo, same result
+        x = torch.from_numpy(a[:, :, c])[None, None].float()
+        a[:, :, c] = blur_tensor(x, g)[0, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(a)
 
 
 def blur_tensor(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -183,6 +123,9 @@ def fit_square(img: Image.Image, fit: str = "crop") -> Image.Image:
         left, top = (w - s) // 2, (h - s) // 2
         return img.crop((left, top, left + s, top + s))
     s = max(w, h)
+    if s > PAD_MAX_SIDE:  # a 16000x20 panorama would need a 16000^2 canvas; 4096 px is plenty for 32x32
+        w, h = max(1, round(w * PAD_MAX_SIDE / s)), max(1, round(h * PAD_MAX_SIDE / s))
+        img, s = img.resize((w, h), Image.Resampling.BOX), PAD_MAX_SIDE
     canvas = Image.new("RGB", (s, s), tuple(round(v) for v in ImageStat.Stat(img).mean[:3]))
     canvas.paste(img, ((s - w) // 2, (s - h) // 2))
     return canvas
@@ -216,23 +159,55 @@ class TestSet:
 
 
 def list_testset(root: str | os.PathLike) -> list[tuple[str, int]]:
-    """(relative path, label) of every visible file in the class folders, sorted by class then name."""
+    """(relative path, label) of every visible entry in the class folders, sorted by class then name.
+    Entries that are not photos (broken symlinks, FIFOs, folders) are listed too: reading them gives
+    the reason they are skipped. Unknown class folders are an error naming each, with a suggestion."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: test set folder not found" if not root.exists() else f"{root}: not a folder")
-    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    folders = sorted(e.name for e in _entries(root) if _is_dir(e))
     unknown = [f for f in folders if f not in CLASSES]
     if unknown:
-        raise UserError(f"{root}: unknown class folder '{unknown[0]}' "
-                        f"(class folders must be among: {', '.join(CLASSES)})")
+        raise UserError(f"{root}: unknown class folder{'s' * (len(unknown) > 1)} "
+                        + ", ".join(f"'{f}'{_suggest(f)}" for f in unknown)
+                        + f" (class folders must be among: {', '.join(CLASSES)})")
     if not folders:
         raise UserError(f"{root}: no class folders (expected folders named {', '.join(CLASSES)})")
     files = []
     for c, cls in enumerate(CLASSES):
         if cls in folders:
-            names = sorted(e.name for e in os.scandir(root / cls) if e.is_file() and not e.name.startswith("."))
-            files += [(f"{cls}/{n}", c) for n in names]
+            files += [(f"{cls}/{n}", c) for n in sorted(e.name for e in _entries(root / cls))]
     return files
+
+
+def hidden_count(root: str | os.PathLike) -> int:
+    """Hidden entries (.DS_Store, ._photo.jpg, .thumbnails) in the class folders: ignored, only counted."""
+    root = Path(root)
+    return sum(e.name.startswith(".") for c in CLASSES if (root / c).is_dir() for e in _scandir(root / c))
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    return [e for e in _scandir(folder) if not e.name.startswith(".")]
+
+
+def _scandir(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError as e:
+        raise UserError(f"{folder}: cannot read folder ({e.strerror or e})") from None
+
+
+def _is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir()  # follows symlinks; a symlink loop raises instead of answering False
+    except OSError:
+        return False
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name.lower().rstrip("s"), CLASSES, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def load_testset(root: str | os.PathLike, filtered: bool = False, fit: str = "crop", size: int = 32,
@@ -242,12 +217,15 @@ def load_testset(root: str | os.PathLike, filtered: bool = False, fit: str = "cr
     _check_fit(fit)  # before any work
     root = Path(root).expanduser()
     files = list_testset(root)
-    key = _cache_key(root, files, filtered, fit, size)
-    cache = Path(cache_dir or default_cache_dir()).expanduser() / "testsets" / f"{key}.npz"
-    arrays = _load_cache(cache, size)
+    name, fingerprint = _cache_key(root, files, filtered, fit, size)
+    cache = Path(cache_dir or default_cache_dir()).expanduser() / "testsets" / f"{name}.npz"
+    arrays = npzcache.load(cache, fingerprint, lambda a: _valid(a, size), "prepared test set")
     if arrays is None:
         arrays = _prepare_all(root, files, filtered, fit, size)
-        _save_cache(cache, arrays)
+        npzcache.save(cache, arrays, fingerprint, "prepared test set")
+    if hidden := hidden_count(root):
+        print(f"note: {root}: ignored {hidden} hidden file{'s' * (hidden > 1)} (names starting with '.')",
+              file=sys.stderr)
     skipped = list(zip(arrays["skipped_paths"].tolist(), arrays["skipped_reasons"].tolist()))
     if strict and skipped:
         rel, reason = skipped[0]
@@ -257,7 +235,8 @@ def load_testset(root: str | os.PathLike, filtered: bool = False, fit: str = "cr
                                                          f"{skipped[0][1]})" if skipped else ""))
     missing = [CLASSES[c] for c in range(len(CLASSES)) if not (arrays["y"] == c).any()]
     if missing:
-        print(f"warning: {root}: no images for {', '.join(missing)}", file=sys.stderr)
+        print(f"warning: {root}: no readable images for {', '.join(missing)} "
+              "(folder missing, empty, or every file skipped); those classes are not scored", file=sys.stderr)
     return TestSet(torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"]), arrays["paths"].tolist(),
                    skipped, str(root), filtered, fit)
 
@@ -292,46 +271,21 @@ def _prepare_all(root: Path, files: list[tuple[str, int]], filtered: bool, fit: 
 
 # ---------------------------------------------------------------- cache
 
-def _cache_key(root: Path, files: list[tuple[str, int]], filtered: bool, fit: str, size: int) -> str:
-    """Cheap: the root, every file's size and mtime, and the options; never the contents."""
-    h = hashlib.sha256(f"cifarlab-testset-v{_CACHE_VERSION}\0{root.resolve()}\0{filtered}\0{fit}\0{size}".encode())
+def _cache_key(root: Path, files: list[tuple[str, int]], filtered: bool, fit: str, size: int) -> tuple[str, str]:
+    """(file name, fingerprint): one cache file per root and options; the fingerprint holds every
+    file's size, mtime and inode (what changes when a file is edited or replaced), never contents."""
+    opts = f"cifarlab-testset-v{_CACHE_VERSION}\0{root.resolve()}\0{filtered}\0{fit}\0{size}"
+    h = hashlib.sha256(opts.encode())
     for rel, _ in files:
         try:
             st = (root / rel).stat()
-            h.update(f"\0{rel}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-        except OSError:  # vanished since listing: decoding will report it
+            h.update(f"\0{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}".encode())
+        except OSError:  # vanished, broken link: decoding will report it
             h.update(f"\0{rel}\0?".encode())
-    return h.hexdigest()[:32]
+    return hashlib.sha256(opts.encode()).hexdigest()[:32], h.hexdigest()
 
 
-_KEYS = ("x", "y", "paths", "skipped_paths", "skipped_reasons")
-
-
-def _load_cache(cache: Path, size: int) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None if absent or unusable (a bad file is deleted, then rebuilt)."""
-    if not cache.is_file():
-        return None
-    try:
-        with open(cache, "rb") as f, np.load(f, allow_pickle=False) as z:
-            a = {k: z[k] for k in _KEYS}
-        x, y = a["x"], a["y"]
-        if not (x.dtype == np.uint8 and x.shape[1:] == (3, size, size) and y.dtype == np.int64
-                and y.shape == (len(x),) == a["paths"].shape
-                and a["skipped_paths"].shape == a["skipped_reasons"].shape):
-            raise ValueError("unexpected arrays")
-        return a
-    except Exception:  # corrupt, truncated, or another layout: rebuild
-        try:
-            cache.unlink(missing_ok=True)
-        except OSError:
-            pass
-        return None
-
-
-def _save_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically; caching is optional, so OS errors (read-only, disk full) only warn."""
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache, lambda f: np.savez(f, **arrays))
-    except OSError as e:
-        print(f"note: not caching the prepared test set ({e.strerror or e}: {e.filename or cache})", file=sys.stderr)
+def _valid(a: dict[str, np.ndarray], size: int) -> bool:
+    x, y = a["x"], a["y"]
+    return (x.dtype == np.uint8 and x.shape[1:] == (3, size, size) and y.dtype == np.int64
+            and y.shape == (len(x),) == a["paths"].shape and a["skipped_paths"].shape == a["skipped_reasons"].shape)
