@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -141,15 +142,26 @@ def resolve_config(preset: str, overrides: list[str] | None = None, **direct: An
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from cifarlab.io import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # atomic: a kill never leaves half a config
 
 
 def load_config(path: Path) -> Config:
+    """yaml.safe_load: plain data only. A `!!python/...` tag is refused before anything is constructed."""
     try:
         raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: cannot read config ({type(e).__name__})") from None
-    return build_config(raw)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read config ({_first_line(e)})") from None
+    try:
+        return build_config(raw)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split("\n")[:2]).strip() if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -176,7 +188,7 @@ def _check_type(key: str, value: Any, typ: str) -> Any:
     base = typ.replace(" | None", "")
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "float": _is_number(value),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
         "list[float]": isinstance(value, list) and all(_is_number(v) for v in value),
@@ -195,7 +207,8 @@ _TYPE_WORDS = {
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float: nan and inf would pass every range check below (nan compares False)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -210,7 +223,8 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.l2 >= 0, f"config key 'l2' must be >= 0, got {cfg.l2}")
     need(cfg.train_subset is None or cfg.train_subset > 0,
          f"config key 'train_subset' must be positive, got {cfg.train_subset}")
-    need(cfg.device in _DEVICES, f"config key 'device' must be one of {', '.join(_DEVICES)}, got '{cfg.device}'")
+    need(0 <= cfg.seed < 2**32, f"config key 'seed' must be in [0, 2**32), got {cfg.seed}")
+    _choice("device", cfg.device, _DEVICES)
     for at, factor in cfg.lr_drops:
         need(at >= 0 and factor > 0, f"config key 'lr_drops': need epoch >= 0 and factor > 0, got [{at}, {factor}]")
     a = cfg.augment
@@ -219,18 +233,24 @@ def _check_ranges(cfg: Config) -> None:
         need(0 <= getattr(a, name) <= 1, f"config key 'augment.{name}' must be in [0, 1], got {getattr(a, name)}")
     need(len(a.zoom) == 2 and 0 < a.zoom[0] <= a.zoom[1],
          f"config key 'augment.zoom' must be [low, high] with 0 < low <= high, got {a.zoom}")
-    need(a.fill in _FILLS, f"config key 'augment.fill' must be one of {', '.join(_FILLS)}, got '{a.fill}'")
+    _choice("augment.fill", a.fill, _FILLS)
     need(0 <= cfg.dropout < 1, f"config key 'dropout' must be in [0, 1), got {cfg.dropout}")
     need(0 < cfg.alpha <= 4, f"config key 'alpha' must be in (0, 4], got {cfg.alpha}")
     need(8 <= cfg.input_size <= 1024, f"config key 'input_size' must be in [8, 1024], got {cfg.input_size}")
-    need(cfg.trainable in _TRAINABLE, f"config key 'trainable' must be one of {', '.join(_TRAINABLE)}, got '{cfg.trainable}'")
-    need(cfg.head in _HEADS, f"config key 'head' must be one of {', '.join(_HEADS)}, got '{cfg.head}'")
+    _choice("trainable", cfg.trainable, _TRAINABLE)
+    _choice("head", cfg.head, _HEADS)
     from cifarlab.models import list_models  # late: models import torch, config should not need it to load
 
-    need(cfg.model in list_models(), f"config key 'model': unknown model '{cfg.model}' (known: {', '.join(list_models())})")
+    need(cfg.model in list_models(), f"config key 'model': unknown model '{cfg.model}' "
+         f"(known: {', '.join(list_models())}){_suggest(cfg.model, list_models())}")
     if not is_transfer(cfg):
         for key, default in (("weights", None), ("trainable", "all"), ("input_size", 32)):
             need(getattr(cfg, key) == default, f"config key '{key}' applies to mobilenet_* models only, not '{cfg.model}'")
+
+
+def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise UserError(f"config key '{key}' must be one of {', '.join(options)}, got '{value}'{_suggest(value, list(options))}")
 
 
 def is_transfer(cfg: Config) -> bool:
