@@ -114,7 +114,34 @@ def build_parser() -> argparse.ArgumentParser:
                    "'imagenet', the presets' default, which downloads Keras' file)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     # [visualize parser]
-    # [robustness parser]
+    p = sub.add_parser("robustness", help="corruption sweeps, the blur hypothesis on photos, calibration",
+                       description="Evaluate runs under CIFAR-10-C-style corruptions (Hendrycks & Dietterich 2019, "
+                       "their CIFAR severity parameters; generated on the fly), on real photos blurred by a Gaussian of "
+                       "sigma = f x width before a resize (antialias, nearest or bilinear; plus the study's "
+                       "round(w/75) rule), on sharpened validation images, and calibration (ECE, reliability "
+                       "diagrams, temperature scaling fitted on a fixed random half of the evaluated validation "
+                       "images). Per run: RUN_DIR/eval/robustness.json and robustness_*.csv. Across runs, in --out: "
+                       "CSVs, summary.md and plots; runs of the same preset (several seeds) pool as mean ± std.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    _add_data(p)
+    p.add_argument("--corruptions", default="all", metavar="LIST",
+                   help="comma list, 'all' (default) or 'none': gaussian_noise, gaussian_blur, defocus_blur, "
+                   "jpeg_compression, contrast, brightness, pixelate")
+    p.add_argument("--severities", default="1-5", metavar="S", help="e.g. 1-5 (default), 1,3,5 or 2")
+    p.add_argument("--limit", type=int, metavar="N", help="use a fixed class-balanced subset of N validation "
+                   "images (the first N/10 of each class; default: all 10,000)")
+    p.add_argument("--testset", metavar="DIR", default=os.environ.get("CIFARLAB_TESTSET") or None,
+                   help="real photos DIR/<class>/<photo> for the blur sweep and real-world calibration "
+                   "(default: $CIFARLAB_TESTSET; none: no blur sweep)")
+    p.add_argument("--resize", default="antialias,nearest,bilinear", metavar="LIST",
+                   help="resizes for the blur sweep: antialias (Pillow Lanczos, as load_testset), nearest, "
+                   "bilinear (no antialiasing, as OpenCV's default); default: all three")
+    p.add_argument("--no-validation", action="store_true", help="skip CIFAR-10 (corruptions, sharpening, "
+                   "calibration): only the photo blur sweep")
+    p.add_argument("--no-sharpen", action="store_true", help="skip the sharpened-validation sweep")
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise corruptions (default: 0)")
+    p.add_argument("--out", default="robustness", metavar="DIR", help="cross-run CSVs and plots (default: %(default)s)")
     return parser
 
 
@@ -237,6 +264,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from cifarlab.config import load_config
+    from cifarlab.data import load_cifar10
+    from cifarlab.data.corruptions import parse_corruptions, parse_severities
+    from cifarlab.evaluate.robustness import RESIZES, run_robustness, write_outputs
+
+    runs = [Path(d) for d in args.run_dirs]
+    for run in runs:
+        if not (run / "config.yaml").is_file() or not (run / f"{args.checkpoint}.pt").is_file():
+            raise UserError(f"{run}: not a trained run directory (no config.yaml or {args.checkpoint}.pt)")
+    corruptions, severities = parse_corruptions(args.corruptions), parse_severities(args.severities)
+    resizes = tuple(r.strip() for r in args.resize.split(",") if r.strip())
+    if not resizes or any(r not in RESIZES for r in resizes):
+        raise UserError(f"--resize: expected a comma list of {', '.join(RESIZES)}, got '{args.resize}'")
+    if args.limit is not None and args.limit < 10:
+        raise UserError(f"--limit must be at least 10 (one image per class), got {args.limit}")
+    if args.no_validation and not args.testset:
+        raise UserError("--no-validation leaves nothing to do without --testset")
+    val = {}
+    if not args.no_validation:
+        cifar = load_cifar10(args.data or load_config(runs[0] / "config.yaml").data)
+        val = {"val_x": cifar.val_x, "val_y": cifar.val_y, "data_source": cifar.source}
+    results = run_robustness(runs, **val, testset=args.testset, corruptions=corruptions, severities=severities,
+                             limit=args.limit, resizes=resizes, do_sharpen=not args.no_sharpen,
+                             checkpoint=args.checkpoint, seed=args.seed)
+    written = write_outputs(results, Path(args.out))
+    print((Path(args.out) / "summary.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in written) + f" and {len(runs)} x RUN_DIR/eval/robustness.json")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from cifarlab.config import load_config
     from cifarlab.data import load_cifar10
@@ -275,6 +333,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models, "augment-preview": cmd_augment_preview,
             "report": cmd_report, "compare": cmd_compare, "reproduce": cmd_reproduce,
+            "robustness": cmd_robustness,
             # [more commands]
             }
 

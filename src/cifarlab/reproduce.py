@@ -34,6 +34,8 @@ QUICK_NOTE = ("Quick profile: class-balanced training subsets and short schedule
               "augmentation), so accuracies sit below what the full presets reach. Run with --profile full "
               "for the study's settings.")
 
+ROBUSTNESS_LIMIT = {"quick": 500, "full": 2000}  # validation images per corruption setting
+
 # Training images/s on the 2-vCPU dev machine (benchmarks/RESULTS.md); only used for the overall ETA.
 # The frozen MobileNet figure is what full-data embedding runs achieved (60k images in 370-400 s).
 _SPEED = {"base": 630.0, "imp": 635.0, "frozen_mobilenet": 150.0}
@@ -98,6 +100,7 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str = "
     from cifarlab.data.testset import load_testset
     from cifarlab.evaluate import evaluate_run
     from cifarlab.evaluate.compare import table2_rows, write_table2
+    from cifarlab.evaluate.robustness import study_robustness
     from cifarlab.evaluate.testset import evaluate_testset, filter_preview
     from cifarlab.io import atomic_write
     from cifarlab.report import write_report
@@ -139,6 +142,8 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str = "
                 evaluate_testset(job.run_dir, ts, set_name)
 
     run_dirs = [j.run_dir for j in jobs]
+    # robustness on a class-balanced validation subset: cheap enough for the quick profile
+    study_robustness(run_dirs, cifar, testset, out / "robustness", ROBUSTNESS_LIMIT[profile], say)
     rows = table2_rows(run_dirs)
     md, _ = write_table2(rows, out, no_test=not testset)
     say(md.read_text())

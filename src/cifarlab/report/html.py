@@ -188,6 +188,7 @@ def write_report(run_dirs: list[Path], out: Path, *, table2: list[dict[str, Any]
         _extras(runs, extra, imgs),
         _per_model(runs, imgs),
         _visualisations(runs, imgs),
+        _robustness(runs, imgs),
         f'<p class="meta" id="image-check" data-total="{imgs.count}">{imgs.count} images</p>',
     ]
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>\n'
@@ -367,3 +368,34 @@ def _visualisations(runs: list[Run], imgs: Images) -> str:
             rel = p.relative_to(r.path).as_posix()
             parts.append(imgs.file(f"{r.label}_{rel[:-4]}", p, f"{r.label}: {rel}"))
     return "<h2>Visualisations</h2>\n" + "\n".join(parts) if parts else ""
+
+
+def _robustness(runs: list[Run], imgs: Images) -> str:
+    """Corruption sweeps, the blur hypothesis and calibration from RUN_DIR/eval/robustness.json
+    (`cifarlab robustness`), runs of one preset pooled as mean ± std."""
+    from cifarlab.evaluate import robustness as rb
+
+    results = [res for r in runs if (res := rb.load_results(r.path))]
+    if not results:
+        return ""
+    pooled = rb.pool(results)
+    first = results[0]
+    c, b = first.get("corruptions") or {}, first.get("blur") or {}
+    parts = ["<h2>Robustness</h2>", f"<p class=\"meta\">Validation: {e(str(c.get('n', '—')))} images "
+             f"({e(c.get('subset', 'no corruption sweep'))}); corruptions after {e(rb.SOURCE)}. Real photos: "
+             f"{e(str(b.get('n', '—')))} from {e(b.get('testset', 'no test set'))}. Accuracy and ECE in %, mean ± std "
+             f"over runs of a preset where there are several.</p>"]
+    for rows, title in ((rb.corruption_rows(pooled), "Accuracy under corruption, averaged over severities"),
+                        (rb.summary_rows(pooled), "Summary: corruptions, photos, calibration")):
+        if rows and len(rows[0]) > 3:
+            parts.append(f"<h3>{e(title)}</h3>" + _table(list(rows[0]), [[str(v) for v in r.values()] for r in rows], 1))
+    verdicts = [v for r in rb.RESIZES if (v := rb.blur_verdict(pooled, r))]
+    if verdicts:
+        parts.append("<h3>The blur hypothesis</h3>" + "".join(f"<p>{e(v)}</p>" for v in verdicts))
+    cal = first.get("calibration")
+    if cal:
+        parts.append(f"<p class=\"meta\">Temperature scaling: {e(cal['split'])}.</p>")
+    for name, make, needs, caption in rb.FIGURES:
+        if any(needs in p.mean for p in pooled):
+            parts.append(imgs.figure(f"robustness_{name}", make(pooled), caption))
+    return "\n".join(parts)
