@@ -167,7 +167,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resolve_config(args.preset, args.set, epochs=args.epochs, train_subset=args.train_subset,
                              seed=args.seed, weights=args.weights)
         run_dir = Path(args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--out {run_dir}: exists and is not a folder")
+        if run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):  # a killed run's stale lock is no data
             raise UserError(f"{run_dir} already exists and is not empty; continue it with --resume {run_dir} "
                             "or choose another --out")
     if args.data:
@@ -348,9 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `cifarlab evaluate ... | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("interrupted; a training run continues with: cifarlab train --resume RUN_DIR", file=sys.stderr)
+    except KeyboardInterrupt as e:  # training says what it kept and the exact resume command
+        print(str(e) or "interrupted; a training run continues with: cifarlab train --resume RUN_DIR", file=sys.stderr)
         return 130
+    except OSError as e:  # a file or folder we were pointed at: unreadable, unwritable, disk full
+        if os.environ.get("CIFARLAB_DEBUG"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except Exception as e:  # unexpected: one line, the traceback only on request
         if os.environ.get("CIFARLAB_DEBUG"):
             raise

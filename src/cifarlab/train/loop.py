@@ -27,11 +27,13 @@ from cifarlab.models import create_model
 from cifarlab.models.transfer import TransferNet
 from cifarlab.models.weights import load_weights
 from cifarlab.models.cnn import conv_kernels
+from cifarlab.train import runctl
 from cifarlab.train.progress import Progress, fmt_time
 
 # The frozen MobileNet forward runs fastest at small batches on CPU (cache-resident activations):
 # 199 img/s at 32, 181 at 64, 152 at 256 (benchmarks/mnet_throughput.py, RESULTS.md).
 EMBED_BATCH = 64
+NAN_CHECK_EVERY = 50  # batches between NaN checks of the running loss (one host sync each)
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 
 
@@ -82,6 +84,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
     seen = 0
     n_batches = math.ceil(len(x) / cfg.batch_size)
     for i in range(n_batches):
+        runctl.check_stop(epoch, i, n_batches)  # Ctrl-C: stop between batches, never mid-step
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         xb, yb = to_input(x[idx], cfg.channels_last), y[idx]
         if aug.enabled and x.dtype == torch.uint8:  # never on cached embeddings
@@ -96,6 +99,8 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(1) == yb).sum()
         seen += len(idx)
+        if (i + 1) % NAN_CHECK_EVERY == 0:
+            runctl.check_finite(loss_sum, "the training loss", epoch)
         progress.update(i + 1, lambda: f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.4f}")
     if not math.isfinite(loss_sum.item()):
         raise UserError(f"epoch {epoch}: training loss became {loss_sum.item()} (try a lower lr); last good checkpoint kept")
@@ -149,6 +154,15 @@ def embed_all(model: TransferNet, x: torch.Tensor, batch_size: int, quiet: bool,
 
 def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: bool = False,
         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """_fit under run control: RUN_DIR/.lock keeps a second process out (released by the OS even on
+    kill -9); Ctrl-C or SIGTERM stops at the next batch boundary with runctl.Interrupted, which says what
+    is kept and the resume command; a NaN or infinite loss or weight stops the run before anything is saved."""
+    with runctl.RunControl(run_dir) as ctl:
+        return _fit(cfg, data, run_dir, resume, quiet, log, ctl)
+
+
+def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
+         log: Callable[[str], None] | None, ctl: runctl.RunControl) -> dict[str, Any]:
     """Train `cfg` on `data`, writing config.yaml, history.csv, metrics.json, last.pt, best.pt and
     train.log into `run_dir`. With `resume`, continue from run_dir/last.pt. Returns the metrics."""
     # Everything that can fail on bad input (device, weights file) happens before anything is written.
@@ -156,7 +170,7 @@ def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: 
     ckpt_path = run_dir / "last.pt"
     device = select_device(cfg.device)
     model = build_model(cfg, device, pretrained=not (resume and ckpt_path.exists()))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ctl.make_run_dir(run_dir)  # and lock it
     log = log or _logger(run_dir / "train.log", quiet)
 
     train_x, train_y = data.train_x, data.train_y
@@ -201,6 +215,7 @@ def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: 
         progress = Progress(n_batches, f"epoch {epoch}/{cfg.epochs}", quiet)
         train_loss, train_acc = train_epoch(net, opt, train_x, train_y, cfg, epoch, progress)
         val_loss, val_acc = evaluate_model(net, val_x, val_y, cfg.eval_batch_size, cfg.channels_last)
+        runctl.check_finite(val_loss, "the validation loss", epoch, net)  # nothing diverged is saved
         seconds = time.perf_counter() - t0
         row = dict(epoch=epoch, lr=lr, train_loss=round(train_loss, 5), train_acc=round(train_acc, 5),
                    val_loss=round(val_loss, 5), val_acc=round(val_acc, 5), seconds=round(seconds, 2))
@@ -218,9 +233,18 @@ def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: 
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f}s, ETA {fmt_time(eta)}")
     metrics = _metrics(cfg, state, len(train_x), embed_seconds)
     write_json(run_dir / "metrics.json", metrics)
+    _write_outputs(run_dir, state["history"], metrics)  # again: a kill may have come between last.pt and these
     log(f"done: val_accuracy {metrics['val_accuracy']:.4f} (best {metrics['best_val_accuracy']:.4f} at epoch "
         f"{metrics['best_epoch']}), {metrics['train_seconds'] / 60:.1f} min; run directory {run_dir}")
     return metrics
+
+
+def _write_outputs(run_dir: Path, history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    import os
+
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun only rank 0 writes
+        write_csv(run_dir / "history.csv", history, HISTORY_FIELDS)
+        write_json(run_dir / "metrics.json", metrics)
 
 
 def _metrics(cfg: Config, state: dict[str, Any], n_train: int, embed_seconds: float = 0.0) -> dict[str, Any]:
