@@ -23,6 +23,12 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                    "downloading the official tarball if it is not there)")
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=None,
+                   help="where to compute (default: the config's device, 'auto' = CUDA, else MPS, else CPU); "
+                   "on CUDA, bf16 autocast and channels_last are on by default (config key amp: auto|bf16|off)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cifarlab.config import list_presets
 
@@ -46,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    ".h5, or 'imagenet' (download); default: the preset's")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt "
                    "(--epochs may extend it)")
+    _add_device(p)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     p = sub.add_parser("evaluate", help="score a run on the validation set (CIFAR-10 test split) or a photo test set",
@@ -64,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", default="crop", choices=["crop", "pad", "stretch"],
                    help="make photos square by centre crop (default), padding with their mean colour, or stretching")
     p.add_argument("--strict", action="store_true", help="fail on an unreadable file instead of skipping it")
+    _add_device(p)
 
     p = sub.add_parser("models", help="print each model's layers, output shapes and parameters (Table 1)")
     p.add_argument("names", nargs="*", metavar="MODEL",
@@ -148,24 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.config import load_config, resolve_config
     from cifarlab.data import load_cifar10
-    from cifarlab.train import fit
+    from cifarlab.train import fit, select_device
 
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"--resume {run_dir}: not a run directory (no config.yaml)")
         if args.preset or args.set or args.train_subset or args.weights or args.seed is not None:
-            raise UserError("--resume continues a run with its own config.yaml; only --epochs and --data may be given")
+            raise UserError("--resume continues a run with its own config.yaml; only --epochs, --data and "
+                            "--device may be given")
         cfg = load_config(run_dir / "config.yaml")
         if args.epochs is not None:
             if args.epochs <= 0:
                 raise UserError(f"--epochs must be positive, got {args.epochs}")
             cfg.epochs = args.epochs
+        if args.device:
+            cfg.device = args.device
     else:
         if not args.preset:
             raise UserError("cifarlab train: --preset is required (or --resume RUN_DIR)")
         cfg = resolve_config(args.preset, args.set, epochs=args.epochs, train_subset=args.train_subset,
-                             seed=args.seed, weights=args.weights)
+                             seed=args.seed, weights=args.weights, device=args.device)
         run_dir = Path(args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"--out {run_dir}: exists and is not a folder")
@@ -174,6 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             "or choose another --out")
     if args.data:
         cfg.data = args.data
+    select_device(cfg.device)  # an unavailable device fails before minutes of data loading
     data = load_cifar10(cfg.data, progress=not args.quiet)  # fails before the run directory exists
     fit(cfg, data, run_dir, resume=bool(args.resume), quiet=args.quiet)
     return 0
@@ -191,7 +203,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_testset(args, run_dir)
     cfg = load_config(run_dir / "config.yaml")
     data = load_cifar10(args.data or cfg.data)
-    report = evaluate_run(run_dir, data.val_x, data.val_y, "validation", args.checkpoint)
+    report = evaluate_run(run_dir, data.val_x, data.val_y, "validation", args.checkpoint, args.device or "auto")
     print(f"{run_dir} ({args.checkpoint}.pt): validation accuracy {report['accuracy']:.4f} on {report['n']} images")
     for c, a in report["per_class_accuracy"].items():
         print(f"  {c:<11}{a:.3f}")
@@ -205,7 +217,7 @@ def _evaluate_testset(args: argparse.Namespace, run_dir: Path) -> int:
 
     ts = load_testset(args.testset, filtered=args.filtered, fit=args.fit, strict=args.strict)
     name = "test_filtered" if args.filtered else "test"
-    report = evaluate_testset(run_dir, ts, name, args.checkpoint)
+    report = evaluate_testset(run_dir, ts, name, args.checkpoint, args.device or "auto")
     print(f"{run_dir} ({args.checkpoint}.pt): {name} accuracy {report['accuracy']:.4f} on {report['n']} images "
           f"from {ts.root} ({'filtered, ' if ts.filtered else ''}fit {ts.fit}), {len(ts.skipped)} skipped")
     for path, reason in ts.skipped[:10]:

@@ -28,6 +28,10 @@ class Augment:
     channel_shift: float = 0.0
     hflip: bool = False
     fill: str = "nearest"
+    # fast-trainer augmentation (no warp): random translation by up to `translate` pixels (reflect
+    # padding) and, with alternate_flip, each image flipped in every other epoch instead of at random
+    translate: int = 0
+    alternate_flip: bool = False
 
 
 @dataclass
@@ -40,6 +44,19 @@ class Config:
     lr: float = 1e-3
     lr_drops: list[list[float]] = field(default_factory=list)  # [[epoch, factor]]: after `epoch`, lr *= factor
     l2: float = 0.0  # Keras kernel_regularizer=l2(l2) on every conv kernel: loss += l2 * sum(w**2)
+    # the optimiser and schedule (cifarlab.train.recipe): the study's Adam + manual drops by default
+    optimizer: str = "adam"  # adam | sgd (Nesterov momentum)
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0  # sgd only, coupled (added to the gradient)
+    bias_lr_scale: float = 1.0  # batch-norm shifts get lr * this and weight_decay / this (airbench: 64)
+    schedule: str = "drops"  # drops (lr_drops at epoch ends) | triangle (per step: warm-up then linear decay)
+    warmup: float = 0.23  # triangle: fraction of all steps spent rising to lr
+    lr_start: float = 0.2  # triangle: first lr as a fraction of lr
+    lr_end: float = 0.07  # triangle: last lr as a fraction of lr
+    label_smoothing: float = 0.0
+    lookahead: bool = False  # every 5 steps, pull the weights towards a slow average (decay rising to 0.77)
+    tta: str = "none"  # test-time augmentation at evaluation: none | flip | flip_translate
+    amp: str = "auto"  # auto (bf16 autocast on CUDA, none on CPU/MPS) | bf16 | off
     augment: Augment = field(default_factory=Augment)
     seed: int = 0
     train_subset: int | None = None  # class-balanced subset of the training set, for quick runs
@@ -69,6 +86,10 @@ class Config:
 
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
+_OPTIMIZERS = ("adam", "sgd")
+_SCHEDULES = ("drops", "triangle")
+_TTA = ("none", "flip", "flip_translate")
+_AMP = ("auto", "bf16", "off")
 _TRAINABLE = ("head", "last_conv", "all")
 _HEADS = ("avg", "flatten")
 _FILLS = ("nearest", "constant", "reflect")
@@ -225,6 +246,15 @@ def _check_ranges(cfg: Config) -> None:
          f"config key 'train_subset' must be positive, got {cfg.train_subset}")
     need(0 <= cfg.seed < 2**32, f"config key 'seed' must be in [0, 2**32), got {cfg.seed}")
     _choice("device", cfg.device, _DEVICES)
+    for key, allowed in (("optimizer", _OPTIMIZERS), ("schedule", _SCHEDULES), ("tta", _TTA), ("amp", _AMP)):
+        need(getattr(cfg, key) in allowed,
+             f"config key '{key}' must be one of {', '.join(allowed)}, got '{getattr(cfg, key)}'")
+    need(0 <= cfg.momentum < 1, f"config key 'momentum' must be in [0, 1), got {cfg.momentum}")
+    need(cfg.weight_decay >= 0, f"config key 'weight_decay' must be >= 0, got {cfg.weight_decay}")
+    need(cfg.bias_lr_scale > 0, f"config key 'bias_lr_scale' must be positive, got {cfg.bias_lr_scale}")
+    need(0 <= cfg.warmup <= 1, f"config key 'warmup' must be in [0, 1], got {cfg.warmup}")
+    need(cfg.lr_start >= 0 and cfg.lr_end >= 0, "config keys 'lr_start' and 'lr_end' must be >= 0")
+    need(0 <= cfg.label_smoothing < 1, f"config key 'label_smoothing' must be in [0, 1), got {cfg.label_smoothing}")
     for at, factor in cfg.lr_drops:
         need(at >= 0 and factor > 0, f"config key 'lr_drops': need epoch >= 0 and factor > 0, got [{at}, {factor}]")
     a = cfg.augment
@@ -233,6 +263,7 @@ def _check_ranges(cfg: Config) -> None:
         need(0 <= getattr(a, name) <= 1, f"config key 'augment.{name}' must be in [0, 1], got {getattr(a, name)}")
     need(len(a.zoom) == 2 and 0 < a.zoom[0] <= a.zoom[1],
          f"config key 'augment.zoom' must be [low, high] with 0 < low <= high, got {a.zoom}")
+    need(0 <= a.translate <= 8, f"config key 'augment.translate' must be in [0, 8] pixels, got {a.translate}")
     _choice("augment.fill", a.fill, _FILLS)
     need(0 <= cfg.dropout < 1, f"config key 'dropout' must be in [0, 1), got {cfg.dropout}")
     need(0 < cfg.alpha <= 4, f"config key 'alpha' must be in (0, 4], got {cfg.alpha}")

@@ -55,6 +55,8 @@ class AugmentConfig:
     channel_shift: float = 0.0  # on [0, 1] pixels; one value for all channels
     hflip: bool = False  # p = 0.5
     fill: str = "nearest"  # 'nearest' | 'constant' | 'reflect'
+    translate: int = 0  # fast trainers: shift by U{-t..t} pixels in x and y, reflect-padded (not Keras)
+    alternate_flip: bool = False  # with hflip: the caller passes each image's flip (see alternating_flips)
 
     def __post_init__(self) -> None:
         if self.fill not in PADDING:
@@ -74,7 +76,7 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.geometric or bool(self.channel_shift) or self.hflip
+        return self.geometric or bool(self.channel_shift) or self.hflip or self.translate > 0
 
 
 def sample_params(n: int, cfg: AugmentConfig, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -130,14 +132,42 @@ def channel_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.minimum(torch.maximum(x + s, lo), hi)
 
 
-def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None,
+                  flip: torch.Tensor | None = None) -> torch.Tensor:
     """Augment float (N, C, H, W) images in [0, 1]; same shape, dtype and device out.
 
     Parameters are drawn on CPU from `generator`, so a seeded CPU generator is deterministic on any device.
+    `flip` (N bools) replaces the random flips, e.g. with `alternating_flips`.
     """
     if not cfg.enabled or x.shape[0] == 0:
         return x
-    return apply_params(x, sample_params(x.shape[0], cfg, generator), cfg)
+    params = sample_params(x.shape[0], cfg, generator)
+    if flip is not None:
+        params["flip"] = flip.cpu() & cfg.hflip
+    if cfg.translate:  # drawn after the Keras columns so that enabling it leaves their draws alone
+        params["translate"] = torch.randint(-cfg.translate, cfg.translate + 1, (x.shape[0], 2), generator=generator)
+    return apply_params(x, params, cfg)
+
+
+def alternating_flips(index: torch.Tensor, n_images: int, epoch: int, seed: int) -> torch.Tensor:
+    """airbench's alternating flip: image i (of n_images) is flipped in epoch 1 with p = 0.5 (seeded),
+    then in every other epoch after that, so over two epochs every image is seen both ways exactly once."""
+    first = torch.rand(n_images, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return first[index.cpu()] ^ bool((epoch - 1) % 2)
+
+
+def translate(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Shift image n by shifts[n] = (dx, dy) pixels with reflect padding: a gather from the padded batch."""
+    pad = int(shifts.abs().max()) if len(shifts) else 0
+    if pad == 0:
+        return x
+    n, _, h, w = x.shape
+    xp = F.pad(x, (pad,) * 4, mode="reflect")
+    shifts = shifts.to(x.device)
+    rows = (torch.arange(h, device=x.device) + pad - shifts[:, 1:2]).view(n, 1, h, 1)  # + dy moves content down
+    cols = (torch.arange(w, device=x.device) + pad - shifts[:, 0:1]).view(n, 1, 1, w)
+    return xp[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1),
+              rows, cols]
 
 
 def apply_params(x: torch.Tensor, p: dict[str, torch.Tensor], cfg: AugmentConfig) -> torch.Tensor:
@@ -146,6 +176,8 @@ def apply_params(x: torch.Tensor, p: dict[str, torch.Tensor], cfg: AugmentConfig
         x = warp(x, affine_theta(p, x.shape[-2], x.shape[-1]), cfg.fill)
     if cfg.channel_shift:
         x = channel_shift(x, p["shift"])
+    if "translate" in p:
+        x = translate(x, p["translate"])
     if cfg.hflip:
         x = torch.where(p["flip"].to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
     return x

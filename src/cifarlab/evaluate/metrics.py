@@ -33,8 +33,9 @@ def classification_report(y_true: torch.Tensor, logits: torch.Tensor, classes: t
     }
 
 
-def load_run_model(run_dir: Path, checkpoint: str = "last") -> tuple[nn.Module, Config]:
-    """The run's model with the weights of last.pt (the final model) or best.pt, in eval mode."""
+def load_run_model(run_dir: Path, checkpoint: str = "last", device: str = "auto") -> tuple[nn.Module, Config]:
+    """The run's model with the weights of last.pt (the final model) or best.pt, in eval mode, on `device`
+    (auto: CUDA, else MPS, else CPU — wherever the run was trained)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
@@ -42,7 +43,7 @@ def load_run_model(run_dir: Path, checkpoint: str = "last") -> tuple[nn.Module, 
         raise UserError(f"--checkpoint must be 'last' or 'best', got '{checkpoint}'")
     cfg = load_config(run_dir / "config.yaml")
     ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt")
-    model = build_model(cfg, select_device(cfg.device), pretrained=False)  # the checkpoint has every weight
+    model = build_model(cfg, select_device(device), pretrained=False)  # the checkpoint has every weight
     try:
         model.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError) as e:
@@ -52,10 +53,10 @@ def load_run_model(run_dir: Path, checkpoint: str = "last") -> tuple[nn.Module, 
 
 
 def evaluate_run(run_dir: Path, x: torch.Tensor, y: torch.Tensor, name: str = "validation",
-                 checkpoint: str = "last") -> dict[str, Any]:
+                 checkpoint: str = "last", device: str = "auto") -> dict[str, Any]:
     """Evaluate the run on uint8 images x / labels y; writes eval/<name>.json and eval/<name>_confusion.csv."""
-    model, cfg = load_run_model(run_dir, checkpoint)
-    logits = predict_logits(model, x, cfg.eval_batch_size, cfg.channels_last)
+    model, cfg = load_run_model(run_dir, checkpoint, device)
+    logits = predict_logits(model, x, cfg.eval_batch_size, cfg.channels_last, cfg.tta)
     report = {"set": name, "checkpoint": checkpoint, **classification_report(y.cpu(), logits)}
     out = Path(run_dir) / "eval"
     out.mkdir(exist_ok=True)

@@ -37,12 +37,12 @@ def most_confused(cm: torch.Tensor | Sequence[Sequence[int]], classes: Sequence[
 
 
 def evaluate_testset(run_dir: str | Path, testset: TestSet, name: str = "test",
-                     checkpoint: str = "last") -> dict[str, Any]:
+                     checkpoint: str = "last", device: str = "auto") -> dict[str, Any]:
     """Evaluate the run on the test set; writes eval/<name>.json, <name>_confusion.csv,
     <name>_predictions.csv and <name>_misclassified.png. Returns the JSON report."""
     run_dir = Path(run_dir)
-    model, cfg = load_run_model(run_dir, checkpoint)
-    logits = predict_logits(model, testset.x, cfg.eval_batch_size, cfg.channels_last)  # the model upscales if it must
+    model, cfg = load_run_model(run_dir, checkpoint, device)
+    logits = predict_logits(model, testset.x, cfg.eval_batch_size, cfg.channels_last, cfg.tta)  # upscales if it must
     probs, y = logits.softmax(1), testset.y.cpu()
     pred = probs.argmax(1)
     report = {"set": name, "checkpoint": checkpoint, **classification_report(y, logits),

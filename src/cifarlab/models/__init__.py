@@ -4,6 +4,6 @@ from cifarlab.models.registry import create_model, list_models, register_model
 from cifarlab.models.summary import format_table, forward_flops, layer_table
 
 # Importing the definitions fills the registry.
-from cifarlab.models import cnn, mobilenet  # noqa: F401,E402
+from cifarlab.models import cnn, fast, mobilenet  # noqa: F401,E402
 
 __all__ = ["create_model", "list_models", "register_model", "layer_table", "format_table", "forward_flops"]

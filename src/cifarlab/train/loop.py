@@ -1,5 +1,6 @@
-"""The training recipe, visible at a glance: Adam, cross-entropy + Keras-style L2 on conv kernels,
-manual learning-rate drops, optional Keras-style augmentation, one validation pass per epoch.
+"""The training loop, visible at a glance: the study's recipe by default (Adam, cross-entropy +
+Keras-style L2 on conv kernels, manual learning-rate drops, optional Keras-style augmentation), or the
+fast trainers' (cifarlab.train.recipe), one validation pass per epoch.
 
 The whole dataset lives as uint8 tensors on the device; a batch is one gather, one cast and (with
 augmentation) one batched affine warp: no per-image Python work. Every epoch is seeded from
@@ -8,8 +9,10 @@ augmentation) one batched affine warp: no per-image Python work. Every epoch is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 
 from cifarlab.config import Config, is_transfer, save_config
 from cifarlab.data import Cifar10, class_balanced_subset
-from cifarlab.data.augment import AugmentConfig, augment_batch
+from cifarlab.data.augment import AugmentConfig, alternating_flips, augment_batch
 from cifarlab.errors import UserError
 from cifarlab.io import load_checkpoint, save_checkpoint, write_csv, write_json
 from cifarlab.models import create_model
@@ -29,6 +32,7 @@ from cifarlab.models.weights import load_weights
 from cifarlab.models.cnn import conv_kernels
 from cifarlab.train import runctl
 from cifarlab.train.progress import Progress, fmt_time
+from cifarlab.train.recipe import LOOKAHEAD_EVERY, Lookahead, loss_fn, lr_at_step, make_optimizer, set_lr, tta_logits
 
 # The frozen MobileNet forward runs fastest at small batches on CPU (cache-resident activations):
 # 199 img/s at 32, 181 at 64, 152 at 256 (benchmarks/mnet_throughput.py, RESULTS.md).
@@ -45,10 +49,27 @@ def select_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but CUDA is not available (use --set device=auto)")
+        raise UserError("device 'cuda' requested but CUDA is not available (use --device auto or cpu)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("device 'mps' requested but MPS is not available (use --set device=auto)")
+        raise UserError("device 'mps' requested but MPS is not available (use --device auto or cpu)")
     return torch.device(name)
+
+
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """The preset's choice (measured per model on CPU); always on CUDA, where tensor cores want NHWC."""
+    return cfg.channels_last or device.type == "cuda"
+
+
+def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA by default (no loss scaling needed, unlike fp16); fp32 elsewhere."""
+    if cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) under torchrun, else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def augment_config(cfg: Config) -> AugmentConfig:
@@ -72,29 +93,47 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: Config,
-                epoch: int, progress: Progress) -> tuple[float, float]:
-    """One pass over (x, y) in a seeded random order; returns (mean loss, accuracy)."""
+                epoch: int, progress: Progress, lookahead: Lookahead | None = None) -> tuple[float, float]:
+    """One pass over (x, y) in a seeded random order; returns (mean loss, accuracy) of this process's share.
+
+    Under torchrun every process draws the same order and takes its slice of each global batch of
+    cfg.batch_size images, so the effective batch and learning rate are those of a single process.
+    """
     model.train()
+    rank, world = dist_info()
+    device = x.device
     gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-    torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1)  # dropout draws
+    order = torch.randperm(len(x), generator=gen).to(device)
+    aug_gen = gen if world == 1 else torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) + 7919 * rank)
+    torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1 + 7919 * rank)  # dropout draws
     aug = augment_config(cfg)
-    order = torch.randperm(len(x), generator=gen).to(x.device)
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    augment = aug.enabled and x.dtype == torch.uint8  # never on cached embeddings
+    channels_last = use_channels_last(cfg, device)
+    criterion = loss_fn(cfg)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
-    n_batches = math.ceil(len(x) / cfg.batch_size)
+    n_batches = len(x) // cfg.batch_size if world > 1 else math.ceil(len(x) / cfg.batch_size)  # equal on all ranks
     for i in range(n_batches):
         runctl.check_stop(epoch, i, n_batches)  # Ctrl-C: stop between batches, never mid-step
-        idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        xb, yb = to_input(x[idx], cfg.channels_last), y[idx]
-        if aug.enabled and x.dtype == torch.uint8:  # never on cached embeddings
-            xb = augment_batch(xb, aug, gen)
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
+        idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank::world]
+        set_lr(opt, lr_at_step(cfg, epoch, i, n_batches))
+        xb, yb = to_input(x[idx], False), y[idx]
+        if augment:
+            flips = alternating_flips(idx, len(x), epoch, cfg.seed) if aug.alternate_flip else None
+            xb = augment_batch(xb, aug, aug_gen, flips)
+        if channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg, device):
+            logits = model(xb)
+            loss = criterion(logits.float(), yb)
         total = loss + cfg.l2 * l2_penalty(model) if cfg.l2 else loss
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
+        step = (epoch - 1) * n_batches + i + 1
+        if lookahead is not None and step % LOOKAHEAD_EVERY == 0:
+            lookahead.step(getattr(model, "module", model), step / (cfg.epochs * n_batches))
         # Accumulate on the device; values are read only when the progress line is drawn.
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(1) == yb).sum()
@@ -108,19 +147,23 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, channels_last: bool = False) -> torch.Tensor:
-    """Logits for uint8 images (N, 3, H, W) in eval mode, batched; returned on the CPU."""
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, channels_last: bool = False,
+                   tta: str = "none") -> torch.Tensor:
+    """Logits for uint8 images (N, 3, H, W) in eval mode, batched, with optional test-time augmentation
+    (see recipe.tta_logits); bf16 on CUDA; returned as float32 on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    out = [model(to_input(x[i:i + batch_size].to(device), channels_last)).float().cpu()
-           for i in range(0, len(x), batch_size)]
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    with amp:
+        out = [tta_logits(model, to_input(x[i:i + batch_size].to(device), channels_last), tta).float().cpu()
+               for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 10)
 
 
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
-                   channels_last: bool = False) -> tuple[float, float]:
+                   channels_last: bool = False, tta: str = "none") -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on uint8 images x and labels y."""
-    logits = predict_logits(model, x, batch_size, channels_last)
+    logits = predict_logits(model, x, batch_size, channels_last, tta)
     y = y.cpu()
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
@@ -136,7 +179,14 @@ def build_model(cfg: Config, device: torch.device, pretrained: bool = True) -> n
     else:
         model = create_model(cfg.model)
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+    return model.to(memory_format=torch.channels_last) if use_channels_last(cfg, device) else model
+
+
+def init_from_data(model: nn.Module, cfg: Config, train_x: torch.Tensor, n: int = 5000) -> None:
+    """Data-dependent initialisation (the fast net's whitening layer) from a seeded sample of images."""
+    if hasattr(model, "init_from_data") and train_x.dtype == torch.uint8:
+        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+        model.init_from_data(to_input(train_x[pick.to(train_x.device)], False))
 
 
 @torch.inference_mode()
@@ -168,10 +218,15 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
     # Everything that can fail on bad input (device, weights file) happens before anything is written.
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "last.pt"
+    rank, world = dist_info()
     device = select_device(cfg.device)
+    if world > 1:
+        device = _init_distributed(cfg, device)
+    writer = rank == 0  # under torchrun only rank 0 writes the run directory
     model = build_model(cfg, device, pretrained=not (resume and ckpt_path.exists()))
-    ctl.make_run_dir(run_dir)  # and lock it
-    log = log or _logger(run_dir / "train.log", quiet)
+    if writer:
+        ctl.make_run_dir(run_dir)  # and lock it
+    log = log or _logger(run_dir / "train.log", quiet or not writer, write=writer)
 
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_subset:
@@ -180,18 +235,25 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
     train_x, train_y = train_x.to(device), train_y.to(device)
     val_x, val_y = data.val_x.to(device), data.val_y.to(device)
 
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    init_from_data(model, cfg, train_x)  # before the optimiser sees the weights; a resume overwrites them
+    opt = make_optimizer(model, cfg)
+    lookahead = Lookahead(model) if cfg.lookahead else None
     state = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_accuracy": -1.0}
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if lookahead is not None and "lookahead" in ckpt:
+            lookahead.load_state_dict(ckpt["lookahead"])
         state = ckpt["state"]
         log(f"resuming {run_dir} after epoch {state['epoch']}/{cfg.epochs}")
-    save_config(cfg, run_dir / "config.yaml")
+    if writer:
+        save_config(cfg, run_dir / "config.yaml")
     if state["epoch"] == 0:
         log(f"training {cfg.preset or cfg.model} ({cfg.model}) on {len(train_x)} images, validating on "
-            f"{len(val_x)}, {cfg.epochs} epochs, batch {cfg.batch_size}, device {device.type}")
+            f"{len(val_x)}, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, "
+            f"device {device.type}" + (f", {world} processes of batch {cfg.batch_size // world} (effective "
+                                       f"batch {cfg.batch_size}, lr as for one process)" if world > 1 else ""))
 
     net = model  # what the loop trains: the whole model, or only its tail on cached embeddings
     embed_seconds = 0.0
@@ -206,15 +268,20 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
             f"in {embed_seconds:.0f}s; training the last {sum(p.numel() for p in net.parameters()):,} "
             "parameters on them")
 
+    channels_last = use_channels_last(cfg, device)
+    trained = net if world == 1 else nn.parallel.DistributedDataParallel(net)  # averages gradients over ranks
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        lr = cfg.lr_at(epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
         n_batches = math.ceil(len(train_x) / cfg.batch_size)
-        progress = Progress(n_batches, f"epoch {epoch}/{cfg.epochs}", quiet)
-        train_loss, train_acc = train_epoch(net, opt, train_x, train_y, cfg, epoch, progress)
-        val_loss, val_acc = evaluate_model(net, val_x, val_y, cfg.eval_batch_size, cfg.channels_last)
+        lr = lr_at_step(cfg, epoch, 0, n_batches)
+        progress = Progress(n_batches, f"epoch {epoch}/{cfg.epochs}", quiet or not writer)
+        train_loss, train_acc = train_epoch(trained, opt, train_x, train_y, cfg, epoch, progress, lookahead)
+        last = epoch == cfg.epochs
+        if last and lookahead is not None:
+            lookahead.finish(net)
+        # test-time augmentation costs several forward passes: only for the final model
+        val_loss, val_acc = evaluate_model(net, val_x, val_y, cfg.eval_batch_size, channels_last,
+                                           cfg.tta if last else "none")
         runctl.check_finite(val_loss, "the validation loss", epoch, net)  # nothing diverged is saved
         seconds = time.perf_counter() - t0
         row = dict(epoch=epoch, lr=lr, train_loss=round(train_loss, 5), train_acc=round(train_acc, 5),
@@ -223,16 +290,23 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
         state["epoch"] = epoch
         if val_acc > state["best_val_accuracy"]:
             state["best_val_accuracy"], state["best_epoch"] = val_acc, epoch
-            save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc})
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state})
-        write_csv(run_dir / "history.csv", state["history"], HISTORY_FIELDS)
-        metrics = _metrics(cfg, state, len(train_x), embed_seconds)
-        write_json(run_dir / "metrics.json", metrics)
+            if writer:
+                save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc})
+        if writer:
+            ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}
+            if lookahead is not None:
+                ckpt["lookahead"] = lookahead.state_dict()
+            save_checkpoint(ckpt_path, ckpt)
+            write_csv(run_dir / "history.csv", state["history"], HISTORY_FIELDS)
+            write_json(run_dir / "metrics.json", _metrics(cfg, state, len(train_x), embed_seconds))
         eta = sum(r["seconds"] for r in state["history"][-3:]) / min(3, epoch) * (cfg.epochs - epoch)
         log(f"epoch {epoch}/{cfg.epochs} lr {lr:.2g} train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f}s, ETA {fmt_time(eta)}")
     metrics = _metrics(cfg, state, len(train_x), embed_seconds)
-    write_json(run_dir / "metrics.json", metrics)
+    if writer:
+        write_json(run_dir / "metrics.json", metrics)
+    if world > 1:
+        torch.distributed.barrier()  # no rank leaves before rank 0 has written everything
     _write_outputs(run_dir, state["history"], metrics)  # again: a kill may have come between last.pt and these
     log(f"done: val_accuracy {metrics['val_accuracy']:.4f} (best {metrics['best_val_accuracy']:.4f} at epoch "
         f"{metrics['best_epoch']}), {metrics['train_seconds'] / 60:.1f} min; run directory {run_dir}")
@@ -258,19 +332,36 @@ def _metrics(cfg: Config, state: dict[str, Any], n_train: int, embed_seconds: fl
         "epochs_planned": cfg.epochs,
         "finished": state["epoch"] >= cfg.epochs,
         "train_seconds": round(sum(r["seconds"] for r in hist), 2),  # epochs only
-        "embed_seconds": round(embed_seconds, 2),  # the one-off frozen-backbone pass (this process), if cached
+        "embed_seconds": round(embed_seconds, 2),
+        "tta": cfg.tta,  # val_accuracy of the final epoch is measured with it  # the one-off frozen-backbone pass (this process), if cached
         "train_images": n_train,
         "model": cfg.model,
         "preset": cfg.preset,
     }
 
 
-def _logger(path: Path, quiet: bool) -> Callable[[str], None]:
+def _init_distributed(cfg: Config, device: torch.device) -> torch.device:
+    """torchrun: gloo on CPU, NCCL on CUDA (one GPU per local rank)."""
+    import torch.distributed as dist
+
+    rank, world = dist_info()
+    if cfg.batch_size % world:
+        raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def _logger(path: Path, quiet: bool, write: bool = True) -> Callable[[str], None]:
     import sys
 
     def log(msg: str) -> None:
-        with open(path, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        if write:
+            with open(path, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
         if not quiet:
             print(msg, file=sys.stderr, flush=True)
 
