@@ -176,20 +176,21 @@ def _list_folder(path: Path) -> tuple[str, dict[str, Path]]:
         return kind, {n: root / n for n in BATCHES + ["batches.meta"] if (root / n).is_file()}
     files: dict[str, Path | None] = {}
     for split in ("train", "test"):
-        _walk(root / split, split, files, set())
+        _walk(root / split, split, files, frozenset())
     return kind, files
 
 
-def _walk(folder: Path, rel: str, files: dict[str, Path | None], seen: set[tuple[int, int]]) -> None:
-    """Visible entries under folder, following symlinked folders but never into a loop. Folders are
-    kept (so an empty class folder is reported); files that are not images are reported at decoding."""
+def _walk(folder: Path, rel: str, files: dict[str, Path | None], above: frozenset[tuple[int, int]]) -> None:
+    """Visible entries under folder, following symlinked folders but never into a loop (a folder that is
+    its own ancestor). Folders are kept (so an empty class folder is reported); files that are not
+    images are reported at decoding."""
     try:
         st = folder.stat()
     except OSError:
         return
-    if (st.st_dev, st.st_ino) in seen:  # a symlink back up the tree
+    if (st.st_dev, st.st_ino) in above:  # a symlink back up the tree
         return
-    seen.add((st.st_dev, st.st_ino))
+    above = above | {(st.st_dev, st.st_ino)}
     files[rel + "/"] = None
     for e in _scandir(folder):
         try:
@@ -197,7 +198,7 @@ def _walk(folder: Path, rel: str, files: dict[str, Path | None], seen: set[tuple
         except OSError:
             is_dir = False
         if is_dir:
-            _walk(Path(e.path), f"{rel}/{e.name}", files, seen)
+            _walk(Path(e.path), f"{rel}/{e.name}", files, above)
         else:
             files[f"{rel}/{e.name}"] = Path(e.path)
 
