@@ -92,6 +92,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+def batch_indices(order: torch.Tensor, i: int, batch_size: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This process's share of global batch i: every world-th image of it, starting at rank."""
+    return order[i * batch_size:(i + 1) * batch_size][rank::world]
+
+
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: Config,
                 epoch: int, progress: Progress, lookahead: Lookahead | None = None) -> tuple[float, float]:
     """One pass over (x, y) in a seeded random order; returns (mean loss, accuracy) of this process's share.
@@ -116,7 +121,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
     n_batches = len(x) // cfg.batch_size if world > 1 else math.ceil(len(x) / cfg.batch_size)  # equal on all ranks
     for i in range(n_batches):
         runctl.check_stop(epoch, i, n_batches)  # Ctrl-C: stop between batches, never mid-step
-        idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank::world]
+        idx = batch_indices(order, i, cfg.batch_size, rank, world)
         set_lr(opt, lr_at_step(cfg, epoch, i, n_batches))
         xb, yb = to_input(x[idx], False), y[idx]
         if augment:
