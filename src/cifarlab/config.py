@@ -119,11 +119,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise UserError(f"--set {key}: cannot parse value '{value}'") from None
-        if isinstance(parsed, str):  # YAML 1.1 reads "5e-4" as a string; users mean a number
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
         node = out
         *parents, leaf = key.split(".")
         for p in parents:
@@ -207,6 +202,8 @@ def _check_type(key: str, value: Any, typ: str) -> Any:
             return None
         raise UserError(f"config key '{key}' must not be empty")
     base = typ.replace(" | None", "")
+    if "float" in base:  # YAML 1.1 reads 5e-4 and 1e30 (no dot) as strings; people mean numbers
+        value = _as_numbers(value)
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": _is_number(value),
@@ -225,6 +222,17 @@ _TYPE_WORDS = {
     "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
     "list[float]": "a list of numbers", "list[list[float]]": "a list of [epoch, factor] pairs",
 }
+
+
+def _as_numbers(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_as_numbers(x) for x in v]
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 def _is_number(v: Any) -> bool:

@@ -146,8 +146,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
         if (i + 1) % NAN_CHECK_EVERY == 0:
             runctl.check_finite(loss_sum, "the training loss", epoch)
         progress.update(i + 1, lambda: f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.4f}")
-    if not math.isfinite(loss_sum.item()):
-        raise UserError(f"epoch {epoch}: training loss became {loss_sum.item()} (try a lower lr); last good checkpoint kept")
+    runctl.check_finite(loss_sum, "the training loss", epoch)
     return loss_sum.item() / seen, correct.item() / seen
 
 

@@ -150,6 +150,8 @@ class RunControl:
         except OSError as e:
             raise UserError(f"cannot create run directory {run_dir} ({e.strerror or e})") from None
         self.lock = RunLock(run_dir).acquire()
+        for part in Path(run_dir).glob(".*.part"):  # half-written files of a killed process; we hold the lock
+            part.unlink(missing_ok=True)
 
     def __enter__(self) -> "RunControl":
         _stop.clear()
