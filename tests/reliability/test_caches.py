@@ -1,0 +1,84 @@
+"""4. Caches that cannot lie: a corrupt, truncated or tampered cache file is detected (SHA-256 over its
+arrays) and rebuilt with a one-line notice; a changed source invalidates its cache."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifarlab.data import load_cifar10
+from cifarlab.data.testset import load_testset
+from conftest import write_tree
+
+
+def cifar(tree, cache):
+    return load_cifar10(tree, cache_dir=cache, progress=True)
+
+
+def only_cache(folder):
+    files = list(folder.glob("*.npz"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def tamper(path):
+    """Rewrite a valid npz with one pixel changed but the stored checksum kept: only the SHA-256 can tell."""
+    with np.load(path) as z:
+        a = {k: z[k] for k in z.files}
+    key = "train_x" if "train_x" in a else "x"
+    a[key] = a[key].copy()
+    a[key].flat[0] ^= 0xFF
+    np.savez(open(path, "wb"), **a)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "tamper", "empty"])
+def test_damaged_cifar_cache_is_detected_and_rebuilt(tmp_path, capsys, damage):
+    tree, cache = write_tree(tmp_path / "tree", n_train=2, n_test=1), tmp_path / "cache"
+    good = cifar(tree, cache)
+    f = only_cache(cache / "decoded")
+    data = f.read_bytes()
+    {"flip": lambda: f.write_bytes(data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1:]),
+     "truncate": lambda: f.write_bytes(data[: len(data) * 2 // 3]),
+     "tamper": lambda: tamper(f),
+     "empty": lambda: f.write_bytes(b"")}[damage]()
+    capsys.readouterr()
+    again = cifar(tree, cache)
+    err = capsys.readouterr().err
+    assert "cache" in err and "is corrupt" in err and "rebuilding" in err, err
+    assert torch.equal(again.train_x, good.train_x) and torch.equal(again.val_y, good.val_y)
+    cifar(tree, cache)
+    assert "decoding" not in capsys.readouterr().err  # the rebuilt cache is used
+
+
+def test_changed_source_invalidates_the_cache(tmp_path, capsys):
+    tree, cache = write_tree(tmp_path / "tree", n_train=2, n_test=1), tmp_path / "cache"
+    cifar(tree, cache)
+    first = tree / "train" / "airplane" / "0.png"
+    st = first.stat()
+    replacement = tmp_path / "new.png"  # same size and mtime, but a different file (inode): still noticed
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(replacement)
+    replacement.write_bytes(replacement.read_bytes().ljust(st.st_size, b"\0")[: st.st_size]) \
+        if replacement.stat().st_size <= st.st_size else None
+    os.replace(replacement, first)
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+    capsys.readouterr()
+    d = cifar(tree, cache)
+    assert "decoding" in capsys.readouterr().err
+    assert d.train_x[0, :, 0, 0].tolist() == [1, 2, 3]
+    only_cache(cache / "decoded")  # rebuilt in place, not piled up
+
+
+def test_damaged_testset_cache_is_rebuilt(tmp_path, capsys):
+    root = tmp_path / "photos"
+    (root / "cat").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "cat" / "a.png")
+    good = load_testset(root, cache_dir=tmp_path / "cache")
+    f = only_cache(tmp_path / "cache" / "testsets")
+    tamper(f)
+    capsys.readouterr()
+    again = load_testset(root, cache_dir=tmp_path / "cache")
+    assert "SHA-256 mismatch" in capsys.readouterr().err and torch.equal(again.x, good.x)
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(root / "cat" / "a.png")
+    assert load_testset(root, cache_dir=tmp_path / "cache").x[0, 1, 16, 16] > 150  # the new photo, not the cache
