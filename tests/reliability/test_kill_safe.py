@@ -158,3 +158,21 @@ def test_ctrl_c_in_process_keeps_the_checkpoint_and_says_how_to_resume(tree, tmp
                     f"are redone on resume, with the same result. Continue with: cifarlab train --resume {run}")
     assert load_checkpoint(run / "last.pt")["state"]["epoch"] == 1 and not (run / ".lock").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_every_output_is_written_atomically():
+    """A source scan, for code written later: files are written through cifarlab.io (temp file, fsync,
+    rename), never opened for writing in place. train.log is the one append-only exception."""
+    import re
+
+    write = re.compile(r"open\([^)]*['\"][wx]b?['\"]|\.write_(text|bytes)\(|(torch\.save|np\.savez?|savefig|\.save)\(")
+    bad = []
+    for path in sorted((REPO / "src" / "cifarlab").rglob("*.py")):
+        if path.name == "io.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            into_object = re.search(r"\.save\((f|buf)\b|savefig\(f\b|savez\(f\b|save\(obj, f\)|npzcache\.save\(", code)
+            if write.search(code) and "atomic_write(" not in code and not into_object:
+                bad.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert not bad, "\n".join(bad)
