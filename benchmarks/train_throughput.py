@@ -6,7 +6,7 @@ cifarlab's loop adds what a real run needs: shuffled gather from uint8, cast, L2
 the Keras-style augmentation (when on), and running loss/accuracy. Achieved GFLOP/s counts a
 training step as 3x the forward FLOPs (forward + two backward matmuls).
 
-    python benchmarks/train_throughput.py [--models base imp] [--steps 40] [--threads N]
+    python benchmarks/train_throughput.py [--models base imp fast_small fast] [--steps 40] [--threads N]
 
 Prints a Markdown table; paste the latest into benchmarks/RESULTS.md. Ratios measured side by side
 in one run are the figures to trust: absolute img/s on a shared 2-core machine is noisy.
@@ -19,25 +19,26 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
 
 from cifarlab.config import resolve_config
 from cifarlab.models import forward_flops
 from cifarlab.train.loop import build_model, train_epoch
+from cifarlab.train.recipe import loss_fn, make_optimizer
 from cifarlab.train.progress import Progress
 
-PRESET = {"base": "base", "imp": "imp2"}  # batch size and memory format come from these presets
+PRESET = {"base": "base", "imp": "imp2", "fast_small": "fast", "fast": "fast94"}  # batch size and memory format come from these presets
 
 
 def bare_loop(cfg, steps: int) -> float:
     model = build_model(cfg, torch.device("cpu"))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = make_optimizer(model, cfg)  # the preset's: Adam, or Nesterov SGD with its parameter groups
+    criterion = loss_fn(cfg)
     x = torch.rand(cfg.batch_size, 3, 32, 32)
     x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
     y = torch.randint(0, 10, (cfg.batch_size,))
 
     def step():
-        loss = F.cross_entropy(model(x), y)
+        loss = criterion(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -51,10 +52,11 @@ def bare_loop(cfg, steps: int) -> float:
 
 
 def cifarlab_loop(cfg, steps: int, augment: bool) -> float:
-    # the study's augmentation (imp2's settings) for every model when on, none when off
-    cfg.augment = resolve_config("imp2").augment if augment else type(cfg.augment)()
+    # when on: the preset's own augmentation (fast: flips + translations), else the study's (imp2's)
+    own = cfg.augment.hflip or cfg.augment.translate or cfg.augment.rotation
+    cfg.augment = (cfg.augment if own else resolve_config("imp2").augment) if augment else type(cfg.augment)()
     model = build_model(cfg, torch.device("cpu"))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = make_optimizer(model, cfg)
     g = torch.Generator().manual_seed(0)
     n = (steps + 3) * cfg.batch_size
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -68,7 +70,7 @@ def cifarlab_loop(cfg, steps: int, augment: bool) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["base", "imp"])
+    ap.add_argument("--models", nargs="+", default=["base", "imp", "fast_small"], choices=sorted(PRESET))
     ap.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
