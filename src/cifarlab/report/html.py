@@ -286,7 +286,8 @@ def _curves(runs: list[Run], imgs: Images) -> str:
          [r for r in runs if is_transfer(r.cfg)]),
     ):
         if group:
-            drops = {r.label: lr_drop_epochs(r.history) for r in group}
+            # a per-step schedule (the fast recipe) changes lr every epoch: no drops to mark
+            drops = {r.label: lr_drop_epochs(r.history) if r.cfg.schedule == "drops" else [] for r in group}
             fig = accuracy_curves({r.label: r.history for r in group}, drops)
             parts.append(imgs.figure(name, fig, caption + "; dashed lines: learning-rate drops (from history.csv)"))
     return "<h2>Accuracy curves</h2>\n" + "\n".join(parts)
