@@ -143,7 +143,7 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         return x
     params = sample_params(x.shape[0], cfg, generator)
     if flip is not None:
-        params["flip"] = flip.cpu() & cfg.hflip
+        params["flip"] = flip & cfg.hflip  # stays on its device: no host sync per batch on a GPU
     if cfg.translate:  # drawn after the Keras columns so that enabling it leaves their draws alone
         params["translate"] = torch.randint(-cfg.translate, cfg.translate + 1, (x.shape[0], 2), generator=generator)
     return apply_params(x, params, cfg)

@@ -113,6 +113,8 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
     torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1 + 7919 * rank)  # dropout draws
     aug = augment_config(cfg)
     augment = aug.enabled and x.dtype == torch.uint8  # never on cached embeddings
+    epoch_flips = alternating_flips(torch.arange(len(x)), len(x), epoch, cfg.seed).to(device) \
+        if augment and aug.alternate_flip else None
     channels_last = use_channels_last(cfg, device)
     criterion = loss_fn(cfg)
     loss_sum = torch.zeros((), device=device)
@@ -125,7 +127,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
         set_lr(opt, lr_at_step(cfg, epoch, i, n_batches))
         xb, yb = to_input(x[idx], False), y[idx]
         if augment:
-            flips = alternating_flips(idx, len(x), epoch, cfg.seed) if aug.alternate_flip else None
+            flips = epoch_flips[idx] if aug.alternate_flip else None
             xb = augment_batch(xb, aug, aug_gen, flips)
         if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
