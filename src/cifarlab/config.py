@@ -255,8 +255,7 @@ def _check_ranges(cfg: Config) -> None:
     need(0 <= cfg.seed < 2**32, f"config key 'seed' must be in [0, 2**32), got {cfg.seed}")
     _choice("device", cfg.device, _DEVICES)
     for key, allowed in (("optimizer", _OPTIMIZERS), ("schedule", _SCHEDULES), ("tta", _TTA), ("amp", _AMP)):
-        need(getattr(cfg, key) in allowed,
-             f"config key '{key}' must be one of {', '.join(allowed)}, got '{getattr(cfg, key)}'")
+        _choice(key, getattr(cfg, key), allowed)
     need(0 <= cfg.momentum < 1, f"config key 'momentum' must be in [0, 1), got {cfg.momentum}")
     need(cfg.weight_decay >= 0, f"config key 'weight_decay' must be >= 0, got {cfg.weight_decay}")
     need(cfg.bias_lr_scale > 0, f"config key 'bias_lr_scale' must be positive, got {cfg.bias_lr_scale}")

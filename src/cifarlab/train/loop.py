@@ -338,8 +338,8 @@ def _metrics(cfg: Config, state: dict[str, Any], n_train: int, embed_seconds: fl
         "epochs_planned": cfg.epochs,
         "finished": state["epoch"] >= cfg.epochs,
         "train_seconds": round(sum(r["seconds"] for r in hist), 2),  # epochs only
-        "embed_seconds": round(embed_seconds, 2),
-        "tta": cfg.tta,  # val_accuracy of the final epoch is measured with it  # the one-off frozen-backbone pass (this process), if cached
+        "embed_seconds": round(embed_seconds, 2),  # the one-off frozen-backbone pass (this process), if cached
+        "tta": cfg.tta,  # the final epoch's val_accuracy is measured with this test-time augmentation
         "train_images": n_train,
         "model": cfg.model,
         "preset": cfg.preset,
