@@ -133,3 +133,23 @@ def test_fast_preset_learns_and_resumes_exactly(tmp_path):
     assert resumed["val_accuracy"] == straight["val_accuracy"] and resumed["val_loss"] == straight["val_loss"]
     a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
     assert a["best_val_accuracy"] == b["best_val_accuracy"]
+
+
+def test_unavailable_device_is_one_line_before_any_work(tmp_path, capsys):
+    from cifarlab.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["train", "--preset", "fast", "--device", "cuda", "--data", str(tmp_path / "nothing-here"),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "CUDA is not available" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_device_flag_reaches_the_config():
+    from cifarlab.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", "run", "--device", "cpu"])
+    assert args.device == "cpu"
+    assert resolve_config("fast", device="cpu").device == "cpu"
