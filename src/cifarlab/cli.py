@@ -121,7 +121,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE", help="MobileNet weights for MNET1/MNET2 (.tflite, .h5 or "
                    "'imagenet', the presets' default, which downloads Keras' file)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    # [visualize parser]
+    p = sub.add_parser(
+        "visualize", help="see inside a model: activation grids, filter images, occlusion maps, CAMs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write one PNG sheet (default RUN_DIR/viz/KIND.png; `report` shows RUN_DIR/viz/*.png) for "
+        "--image, a photo or a folder of photos (flat, or class folders as for evaluate --testset, which also "
+        "gives the true class). From-scratch models work at 32 px, MobileNets at their 128 px.\n\nkinds:\n"
+        "  activations  the study's Appendix A: ~4 activation layers spread from input to output, 16 channels\n"
+        "               each (a fixed random sample, or the 16 most active with --top), one 2x8 grid per\n"
+        "               layer, input side on top; colour from 0 (black) to the layer's largest value\n"
+        "  filters      Appendix B: DeepDream-style images that maximise a channel's mean conv output (Lucid's\n"
+        "               recipe: Fourier/decorrelated image, jitter, scale, rotation), --channels tried per\n"
+        "               layer, the --keep highest kept; layers stacked, split by thin lines; no --image\n"
+        "  occlusion    drop in the class probability (true class if known, else predicted) as a grey\n"
+        "               --patch slides over the image in --stride steps, shown over the image\n"
+        "  gradcam      Grad-CAM on the last activation layer (or --layer), predicted and true class\n"
+        "  gradcam++    Grad-CAM++ (pixel-weighted gradients), the same layout\n"
+        "  scorecam     Score-CAM (gradient-free: one forward pass per channel; slower), the same layout")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--kind", metavar="KIND",
+                   help="activations, filters, occlusion, gradcam, gradcam++ or scorecam (see above)")
+    p.add_argument("--image", metavar="FILE_OR_DIR", help="a photo, or a folder for one sheet of many (any size "
+                   "or format, read as evaluate --testset reads them); required except for filters")
+    p.add_argument("--out", metavar="PNG", help="output file (default: RUN_DIR/viz/KIND.png, gradcam++ as gradcam_pp)")
+    p.add_argument("--compare", metavar="RUN_DIR2", help="a second run side by side (e.g. MNET2 next to IMP2)")
+    p.add_argument("--layers", "--layer", metavar="NAMES", type=lambda s: [n for n in s.split(",") if n],
+                   help="comma-separated layer names, e.g. elu2,elu5 or conv_pw_13 (default: 4 spread evenly from "
+                   "input to output, 3 for filters at 128 px; CAMs: one, the last); --list-layers names them")
+    p.add_argument("--list-layers", action="store_true", help="print the model's layer names and shapes and exit")
+    p.add_argument("--top", action="store_true", help="activations: the 16 most active channels, not a fixed sample")
+    p.add_argument("--patch", type=int, help="occlusion: patch side in input pixels (default: input side / 8)")
+    p.add_argument("--stride", type=int, help="occlusion: patch step in pixels (default: half the patch)")
+    p.add_argument("--steps", type=int, default=128, help="filters: gradient-ascent steps (default: %(default)s)")
+    p.add_argument("--channels", type=int, default=32, help="filters: channels tried per layer (default: %(default)s)")
+    p.add_argument("--keep", type=int, default=16, help="filters: images kept per layer, highest final activation "
+                   "first (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="filters: random start and transforms (default: 0)")
+    p.add_argument("--cmap", help="matplotlib colour map (default: inferno for activations, jet for the maps)")
+    p.add_argument("--max-images", type=int, default=16, metavar="N",
+                   help="at most N images from a folder, spread evenly over it (default: %(default)s)")
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"], help="last.pt (default) or best.pt")
+    p.add_argument("--fit", default="crop", choices=["crop", "pad", "stretch"],
+                   help="make photos square as evaluate does: centre crop (default), pad or stretch")
+    p.add_argument("--filtered", action="store_true", help="the study's blur filter before resizing, as evaluate")
     p = sub.add_parser("robustness", help="corruption sweeps, the blur hypothesis on photos, calibration",
                        description="Evaluate runs under CIFAR-10-C-style corruptions (Hendrycks & Dietterich 2019, "
                        "their CIFAR severity parameters; generated on the fly), on real photos blurred by a Gaussian of "
@@ -337,6 +379,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from cifarlab.viz import check_options, load_probe, visualize
+
+    if args.list_layers:
+        for run in [args.run_dir] + ([args.compare] if args.compare else []):
+            probe = load_probe(run, args.checkpoint)
+            print(f"{run} ({probe.label}, {probe.input_size} px):")
+            for layer in probe.layers:
+                c, h, w = layer.shape
+                print(f"  {layer.name:<12}{h}x{w}x{c}")
+        return 0
+    if not args.kind:
+        raise UserError("cifarlab visualize: --kind is required (or --list-layers)")
+    check_options(args.kind, steps=args.steps, channels=args.channels, keep=args.keep, max_images=args.max_images)
+    out = visualize(args.run_dir, args.kind, args.image, args.out, compare=args.compare, checkpoint=args.checkpoint,
+                    fit=args.fit, filtered=args.filtered, max_images=args.max_images, layers=args.layers,
+                    top=args.top, patch=args.patch, stride=args.stride, steps=args.steps, channels=args.channels,
+                    keep=args.keep, cmap=args.cmap, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from cifarlab.reproduce import reproduce
 
@@ -348,6 +412,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models, "augment-preview": cmd_augment_preview,
             "report": cmd_report, "compare": cmd_compare, "reproduce": cmd_reproduce,
             "robustness": cmd_robustness,
+            "visualize": cmd_visualize,
             # [more commands]
             }
 
