@@ -16,6 +16,17 @@ from cifarlab.evaluate.calibration import calibration_report, ece, fit_temperatu
 from cifarlab.evaluate.robustness import (balanced_subset, blurred_operator, pool, prepare_photo_sweep,
                                           resize_matrix)
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models and images: thread barriers cost more than they save (10x on a shared CI machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- calibration
 
 
@@ -169,6 +180,11 @@ def test_cli_robustness_end_to_end(tiny_runs, tiny_tree, tmp_path, monkeypatch, 
     for name in ("summary.md", "blur_sweep.csv", "corruption_sweep.png", "blur_sweep.png", "reliability.png"):
         assert (out / name).is_file()
     assert "Do from-scratch models gain more from blur?" in (out / "summary.md").read_text()
+    before = (tiny_runs[0] / "eval" / "robustness.json").stat().st_mtime_ns
+    assert main(["robustness", *map(str, tiny_runs), "--reuse", "--no-validation", "--testset", str(photos),
+                 "--out", str(tmp_path / "pooled")]) == 0  # nothing to evaluate: only pooled
+    assert (tiny_runs[0] / "eval" / "robustness.json").stat().st_mtime_ns == before
+    assert (tmp_path / "pooled" / "corruptions.csv").read_text() == (out / "corruptions.csv").read_text()
 
     from cifarlab.report import write_report
     html = write_report(tiny_runs, tmp_path / "report").read_text()
@@ -192,3 +208,20 @@ def test_cli_bad_input_is_one_line_exit_2(tiny_runs, args, message, capsys, monk
 def test_cli_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["robustness", str(tmp_path)]) == 2
     assert "not a trained run directory" in capsys.readouterr().err
+
+
+def test_study_hook_evaluates_stale_runs_only(tiny_runs, tiny_tree, tmp_path, monkeypatch):
+    from cifarlab.data import load_cifar10
+    from cifarlab.evaluate.robustness import study_robustness
+
+    monkeypatch.setenv("CIFARLAB_HOME", str(tmp_path / "cache"))
+    cifar = load_cifar10(str(tiny_tree))
+    for run in tiny_runs:
+        (run / "eval" / "robustness.json").unlink(missing_ok=True)
+    said = []
+    written = study_robustness(tiny_runs[:1], cifar, None, tmp_path / "out", 10, said.append)
+    assert (tmp_path / "out" / "corruption_sweep.png") in written
+    assert json.loads((tiny_runs[0] / "eval" / "robustness.json").read_text())["corruptions"]["n"] == 10
+    said.clear()
+    study_robustness(tiny_runs[:1], cifar, None, tmp_path / "out", 10, said.append)
+    assert not said  # fresh results are reused

@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sharpen", action="store_true", help="skip the sharpened-validation sweep")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"])
     p.add_argument("--seed", type=int, default=0, help="seed of the noise corruptions (default: 0)")
+    p.add_argument("--reuse", action="store_true", help="runs that already have eval/robustness.json are not "
+                   "evaluated again, only pooled (e.g. to add a seed, or to combine runs evaluated separately)")
     p.add_argument("--out", default="robustness", metavar="DIR", help="cross-run CSVs and plots (default: %(default)s)")
     return parser
 
@@ -324,7 +326,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     from cifarlab.config import load_config
     from cifarlab.data import load_cifar10
     from cifarlab.data.corruptions import parse_corruptions, parse_severities
-    from cifarlab.evaluate.robustness import RESIZES, run_robustness, write_outputs
+    from cifarlab.evaluate.robustness import RESIZES, load_results, run_robustness, write_outputs
 
     runs = [Path(d) for d in args.run_dirs]
     for run in runs:
@@ -338,14 +340,16 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         raise UserError(f"--limit must be at least 10 (one image per class), got {args.limit}")
     if args.no_validation and not args.testset:
         raise UserError("--no-validation leaves nothing to do without --testset")
+    todo = [r for r in runs if not (args.reuse and load_results(r))]
     val = {}
-    if not args.no_validation:
-        cifar = load_cifar10(args.data or load_config(runs[0] / "config.yaml").data)
+    if todo and not args.no_validation:
+        cifar = load_cifar10(args.data or load_config(todo[0] / "config.yaml").data)
         val = {"val_x": cifar.val_x, "val_y": cifar.val_y, "data_source": cifar.source}
-    results = run_robustness(runs, **val, testset=args.testset, corruptions=corruptions, severities=severities,
-                             limit=args.limit, resizes=resizes, do_sharpen=not args.no_sharpen,
-                             checkpoint=args.checkpoint, seed=args.seed)
-    written = write_outputs(results, Path(args.out))
+    if todo:
+        run_robustness(todo, **val, testset=args.testset, corruptions=corruptions, severities=severities,
+                       limit=args.limit, resizes=resizes, do_sharpen=not args.no_sharpen,
+                       checkpoint=args.checkpoint, seed=args.seed)
+    written = write_outputs([load_results(r) for r in runs], Path(args.out))
     print((Path(args.out) / "summary.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written) + f" and {len(runs)} x RUN_DIR/eval/robustness.json")
     return 0
