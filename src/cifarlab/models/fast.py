@@ -6,6 +6,7 @@ What makes it train fast, in our own terms:
   of the patch covariance over training images, scaled by 1/sqrt(eigenvalue), each with its negative
   so a GELU keeps both signs); only its bias trains, for the first epochs;
 - three blocks conv-pool-BN-GELU-conv-BN-GELU, batch norm without a learned scale, high momentum;
+  every conv starts as PyTorch's default init with its first c_in filters set to the identity;
 - a 3x3 max-pool to 1x1 and a bias-free linear layer whose output is scaled down (1/9) so that the
   initial logits are small.
 The recipe (label smoothing, Nesterov SGD with warm-up and linear decay, weight averaging, alternating
@@ -57,7 +58,10 @@ class FastNet(nn.Module):
             nn.MaxPool2d(3), nn.Flatten(),
         )
         self.head = nn.Linear(widths[2], num_classes, bias=False)
-        self.logit_scale = logit_scale  # PyTorch's default init everywhere else
+        self.logit_scale = logit_scale
+        for m in self.body.modules():  # identity-like start: each conv first passes its input through
+            if isinstance(m, nn.Conv2d):
+                nn.init.dirac_(m.weight.data[:m.in_channels])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
