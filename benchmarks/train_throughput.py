@@ -22,7 +22,7 @@ import torch
 
 from cifarlab.config import resolve_config
 from cifarlab.models import forward_flops
-from cifarlab.train.loop import build_model, train_epoch
+from cifarlab.train.loop import build_model, predict_logits, train_epoch
 from cifarlab.train.recipe import loss_fn, make_optimizer
 from cifarlab.train.progress import Progress
 
@@ -68,6 +68,29 @@ def cifarlab_loop(cfg, steps: int, augment: bool) -> float:
     return steps * cfg.batch_size / (time.perf_counter() - t0)
 
 
+def bare_eval(cfg, n: int) -> float:
+    """Forward passes on one fixed float batch under inference_mode: the floor for evaluation."""
+    model = build_model(cfg, torch.device("cpu")).eval()
+    x = torch.rand(cfg.eval_batch_size, 3, 32, 32)
+    x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+    with torch.inference_mode():
+        model(x)
+        t0 = time.perf_counter()
+        for _ in range(max(1, n // cfg.eval_batch_size)):
+            model(x)
+    return max(1, n // cfg.eval_batch_size) * cfg.eval_batch_size / (time.perf_counter() - t0)
+
+
+def cifarlab_eval(cfg, n: int) -> float:
+    """cifarlab's predict_logits on uint8 images (cast, batching, logits to the CPU), no TTA."""
+    model = build_model(cfg, torch.device("cpu"))
+    x = torch.randint(0, 256, (max(1, n // cfg.eval_batch_size) * cfg.eval_batch_size, 3, 32, 32), dtype=torch.uint8)
+    predict_logits(model, x[:cfg.eval_batch_size], cfg.eval_batch_size, cfg.channels_last)
+    t0 = time.perf_counter()
+    predict_logits(model, x, cfg.eval_batch_size, cfg.channels_last)
+    return len(x) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["base", "imp", "fast_small"], choices=sorted(PRESET))
@@ -82,20 +105,24 @@ def main() -> None:
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps per measurement, overrides {args.set or 'none'}\n")
     print("| model | batch | channels_last | bare img/s | cifarlab img/s (no aug) | ratio | "
-          "cifarlab img/s (aug) | ratio | GFLOP/s (aug) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "cifarlab img/s (aug) | ratio | GFLOP/s (aug) | eval batch | bare eval img/s | cifarlab eval img/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         cfg = resolve_config(PRESET[name], args.set)
         gflop = 3 * forward_flops(build_model(cfg, torch.device("cpu"))) / 1e9
         # interleave so that load from elsewhere hits all three alike
-        bare, plain, aug = [], [], []
+        bare, plain, aug, bare_ev, ev = [], [], [], [], []
+        n_eval = 2 * args.steps * cfg.batch_size
         for _ in range(2):
             bare.append(bare_loop(resolve_config(PRESET[name], args.set), args.steps))
             plain.append(cifarlab_loop(resolve_config(PRESET[name], args.set), args.steps, augment=False))
             aug.append(cifarlab_loop(resolve_config(PRESET[name], args.set), args.steps, augment=True))
-        b, p, a = max(bare), max(plain), max(aug)
+            bare_ev.append(bare_eval(resolve_config(PRESET[name], args.set), n_eval))
+            ev.append(cifarlab_eval(resolve_config(PRESET[name], args.set), n_eval))
+        b, p, a, be, e = max(bare), max(plain), max(aug), max(bare_ev), max(ev)
         print(f"| {name} | {cfg.batch_size} | {cfg.channels_last} | {b:.0f} | {p:.0f} | {p / b:.2f} | "
-              f"{a:.0f} | {a / b:.2f} | {a * gflop:.0f} |", flush=True)
+              f"{a:.0f} | {a / b:.2f} | {a * gflop:.0f} | {cfg.eval_batch_size} | {be:.0f} | {e:.0f} | {e / be:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
