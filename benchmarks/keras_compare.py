@@ -41,6 +41,7 @@ import cifarlab
 from cifarlab.config import resolve_config
 from cifarlab.data import class_balanced_subset, load_cifar10
 from cifarlab.data.cifar import default_cache_dir
+from cifarlab.errors import UserError
 from cifarlab.train.loop import augment_config, build_model, evaluate_model, train_epoch
 from cifarlab.train.progress import Progress
 
@@ -177,7 +178,10 @@ def main() -> None:
     if cfg.model != "imp" or augment_config(cfg).enabled:
         sys.exit("this benchmark compares the IMP model without augmentation (use --preset imp1)")
 
-    data = load_cifar10(args.data, progress=False)
+    try:
+        data = load_cifar10(args.data, progress=False)
+    except UserError as e:
+        sys.exit(f"error: {e}")
     keep = class_balanced_subset(data.train_y, args.train, seed=cfg.seed)
     x, y = data.train_x[keep].contiguous(), data.train_y[keep].contiguous()
     with tempfile.TemporaryDirectory(prefix="keras_compare_") as tmp:
