@@ -281,3 +281,26 @@ def test_list_layers(mnet_run, capsys):
     assert main(["visualize", str(mnet_run), "--list-layers"]) == 0
     out = capsys.readouterr().out
     assert "conv1       64x64x32" in out and "conv_pw_13  4x4x1024" in out and out.count("\n  conv") == 27
+
+
+def test_study_figures_and_report_appendices(imp_run, photos_dir, tmp_path):
+    from cifarlab.data.testset import load_testset
+    from cifarlab.report import write_report
+    from cifarlab.viz import from_testset, load_probe, study_figures
+
+    run = tmp_path / "imp1"
+    shutil.copytree(imp_run, run)
+    shutil.rmtree(run / "viz", ignore_errors=True)
+    photos = from_testset(load_testset(photos_dir, cache_dir=tmp_path))
+    written = study_figures(run, photos, steps=2, quiet=True)
+    names = {p.name for p in written}
+    assert {"activations.png", "filters.png"} <= names
+    probe = load_probe(run)  # the same model, to count its mistakes
+    with torch.no_grad():
+        wrong = (probe.forward(probe.to_input(photos.x)).argmax(1) != torch.tensor(photos.labels)).any().item()
+    assert ("occlusion.png" in names) == ("gradcam.png" in names) == ("gradcam_pp.png" in names) == wrong
+    assert study_figures(run, photos, steps=2) == []  # up to date: nothing redone
+    page = write_report([run], tmp_path / "report").read_text()
+    a, b = page.index("Appendix A. Activations"), page.index("Appendix B. Filter images")
+    assert page.index("<h2>Visualisations</h2>") < a < b
+    assert ("Appendix C." in page) == wrong

@@ -105,6 +105,7 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str = "
     from cifarlab.io import atomic_write
     from cifarlab.report import write_report
     from cifarlab.train import fit
+    from cifarlab.viz import study_figures_all
 
     out = Path(out)
     jobs = plan(out, profile, seeds, weights, overrides)
@@ -144,6 +145,7 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str = "
     run_dirs = [j.run_dir for j in jobs]
     # robustness on a class-balanced validation subset: cheap enough for the quick profile
     study_robustness(run_dirs, cifar, testset, out / "robustness", ROBUSTNESS_LIMIT[profile], say)
+    study_figures_all(run_dirs, tests.get("test"), cifar, say)  # Appendix A/B/C figures into each RUN_DIR/viz/
     rows = table2_rows(run_dirs)
     md, _ = write_table2(rows, out, no_test=not testset)
     say(md.read_text())

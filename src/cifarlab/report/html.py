@@ -362,13 +362,50 @@ def _eval_block(r: Run, s: str, rep: dict[str, Any], imgs: Images) -> str:
             + (f"<p class=\"meta\">Most confused pairs ({e(name)}):</p>\n{table}" if table else ""))
 
 
+# RUN_DIR/viz/<prefix>*.png (written by `cifarlab visualize` or the study run) -> report section
+APPENDICES = [
+    ("A", "Appendix A. Activations", ("activations",),
+     "16 channels of about four activation layers for the same photos, nearest the input on top; colour from "
+     "0 (black: inactive) to the layer's largest value. The study compared MNET2 with IMP2 this way."),
+    ("B", "Appendix B. Filter images", ("filters",),
+     "DeepDream-style activation maximisation: images grown from grey that excite one channel of a conv "
+     "layer most (Lucid's recipe); the channels with the highest final activation, layers split by thin lines."),
+    ("C", "Appendix C. Where the models look: misclassified test photos", ("occlusion", "gradcam", "scorecam"),
+     "Occlusion: the drop in the true class's probability as a grey patch covers each region. Grad-CAM and "
+     "Grad-CAM++ on the last activation layer, for the predicted and the true class. The study proposed "
+     "these as further work to see whether a model learns the object or its background."),
+]
+
+
+def _appendix(stem: str) -> str:
+    return next((key for key, _, prefixes, _ in APPENDICES if stem.startswith(prefixes)), "other")
+
+
 def _visualisations(runs: list[Run], imgs: Images) -> str:
-    parts = []
+    """RUN_DIR/viz/**/*.png of every run, sorted into Appendix A, B and C by file name; others last."""
+    found: dict[str, list[str]] = {}
+    for key, _, _, _ in APPENDICES:
+        for r in runs:  # appendix by appendix, runs side by side within each
+            for p in sorted((r.path / "viz").rglob("*.png")):
+                if _appendix(p.stem) == key:
+                    found.setdefault(key, []).append(_viz_figure(r, p, imgs))
     for r in runs:
         for p in sorted((r.path / "viz").rglob("*.png")):
-            rel = p.relative_to(r.path).as_posix()
-            parts.append(imgs.file(f"{r.label}_{rel[:-4]}", p, f"{r.label}: {rel}"))
-    return "<h2>Visualisations</h2>\n" + "\n".join(parts) if parts else ""
+            if _appendix(p.stem) == "other":
+                found.setdefault("other", []).append(_viz_figure(r, p, imgs))
+    if not found:
+        return ""
+    parts = ["<h2>Visualisations</h2>"]
+    for key, title, _, text in [*APPENDICES, ("other", "Other visualisations", (), "")]:
+        if key in found:
+            parts.append(f"<h3>{e(title)}</h3>\n" + (f'<p class="meta">{e(text)}</p>\n' if text else "")
+                         + f'<div class="row">{"".join(found[key])}</div>')
+    return "\n".join(parts)
+
+
+def _viz_figure(r: Run, p: Path, imgs: Images) -> str:
+    rel = p.relative_to(r.path).as_posix()
+    return imgs.file(f"{r.label}_{rel[:-4]}", p, f"{r.label}: {rel}")
 
 
 def _robustness(runs: list[Run], imgs: Images) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
@@ -27,7 +28,7 @@ KINDS = ("activations", "filters", "occlusion", *attribution.CAMS)
 CMAPS = {"activations": "inferno", "occlusion": "jet", **{k: "jet" for k in attribution.CAMS}}
 
 __all__ = ["KINDS", "Photos", "Probe", "Layer", "visualize", "render", "load_images", "load_probe",
-           "from_testset", "study_figures", "output_name"]
+           "from_testset", "study_figures", "study_figures_all", "output_name"]
 
 
 def output_name(kind: str) -> str:
@@ -125,7 +126,7 @@ STUDY_EXAMPLES = ("truck", "airplane")  # the study's Appendix A photos
 STUDY_MAX_WRONG = 8
 
 
-def study_figures(run_dir: str | Path, photos: Photos, *, steps: int = 48, quiet: bool = False) -> list[Path]:
+def study_figures(run_dir: str | Path, photos: Photos, *, steps: int = 40, quiet: bool = False) -> list[Path]:
     """The report's figures for one run, in RUN_DIR/viz/: activations of two example photos (a truck
     and an airplane, as in the study), filter images (few channels and steps: seconds), and occlusion
     and CAM sheets of up to 8 misclassified photos. Skipped when they are newer than last.pt."""
@@ -143,7 +144,8 @@ def study_figures(run_dir: str | Path, photos: Photos, *, steps: int = 48, quiet
     examples = [next((i for i, y in enumerate(photos.labels) if y == CLASSES.index(c)), None) for c in STUDY_EXAMPLES]
     examples = [i for i in examples if i is not None] or [0]
     written.append(sheet.save_png(render([probe], "activations", photos.take(examples)), viz / names[0]))
-    written.append(sheet.save_png(render([probe], "filters", channels=16, keep=8, steps=steps), viz / names[1]))
+    tried = 8 if probe.input_size > 32 else 16  # a MobileNet step costs ~15x an IMP step
+    written.append(sheet.save_png(render([probe], "filters", channels=tried, keep=8, steps=steps), viz / names[1]))
     with torch.no_grad():
         pred = torch.cat([probe.probs(probe.to_input(x)).argmax(1) for x in photos.x.split(64)])
     wrong = [i for i, (p, y) in enumerate(zip(pred.tolist(), photos.labels)) if y is not None and p != y]
@@ -151,9 +153,35 @@ def study_figures(run_dir: str | Path, photos: Photos, *, steps: int = 48, quiet
         wrong = [wrong[round(j * (len(wrong) - 1) / (STUDY_MAX_WRONG - 1))] for j in range(STUDY_MAX_WRONG)]
     for kind, name in zip(STUDY_KINDS, names[2:]):
         if wrong:
-            written.append(sheet.save_png(render([probe], kind, photos.take(wrong)), viz / name))
+            patch = max(2, probe.input_size // 8)  # non-overlapping patches: 64 forward passes, not 225
+            opts = {"patch": patch, "stride": patch} if kind == "occlusion" else {}
+            written.append(sheet.save_png(render([probe], kind, photos.take(wrong), **opts), viz / name))
         else:
             (viz / name).unlink(missing_ok=True)  # an older model's misclassifications no longer apply
     if not quiet:
         print(f"{run_dir}: wrote {len(written)} figures to {viz} ({len(wrong)} misclassified shown)", file=sys.stderr)
     return written
+
+
+def study_figures_all(run_dirs: list[Path], testset: Any = None, cifar: Any = None,
+                      say: Callable[[str], None] = print) -> None:
+    """`study_figures` for the first run of each preset (seeds add nothing to the pictures), on the test
+    photos, or without a test set on the first 500 CIFAR-10 validation images."""
+    from cifarlab.config import load_config
+
+    if testset is not None:
+        photos = from_testset(testset)
+    elif cifar is not None:
+        n = min(500, len(cifar.val_y))
+        photos = Photos(cifar.val_x[:n].cpu(), cifar.val_y[:n].tolist(), [f"val/{i:05d}" for i in range(n)])
+    else:
+        return
+    seen: set[str] = set()
+    for run in map(Path, run_dirs):
+        preset = load_config(run / "config.yaml").preset or run.name
+        if preset in seen:
+            continue
+        seen.add(preset)
+        t = time.perf_counter()
+        if study_figures(run, photos, quiet=True):
+            say(f"{run}: visualisations in {run / 'viz'} ({time.perf_counter() - t:.0f} s)")
