@@ -187,6 +187,13 @@ def test_cli_robustness_end_to_end(tiny_runs, tiny_tree, tmp_path, monkeypatch, 
     assert (tiny_runs[0] / "eval" / "robustness.json").stat().st_mtime_ns == before
     assert (tmp_path / "pooled" / "corruptions.csv").read_text() == (out / "corruptions.csv").read_text()
 
+    monkeypatch.delenv("CIFARLAB_TESTSET", raising=False)
+    assert main(["robustness", str(tiny_runs[0]), "--data", str(tiny_tree), "--corruptions", "contrast",
+                 "--severities", "2", "--no-sharpen", "--limit", "20", "--out", str(tmp_path / "one")]) == 0
+    res = json.loads((tiny_runs[0] / "eval" / "robustness.json").read_text())  # one corruption redone, rest kept
+    assert set(res["corruptions"]["accuracy"]["contrast"]) == {"2"} and "pixelate" in res["corruptions"]["accuracy"]
+    assert res["blur"]["n"] == 6 and "sharpen" in res
+
     from cifarlab.report import write_report
     html = write_report(tiny_runs, tmp_path / "report").read_text()
     assert "<h2>Robustness</h2>" in html and "robustness_blur_sweep.png" in str(list((tmp_path / "report" / "figures").iterdir()))

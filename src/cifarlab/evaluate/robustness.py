@@ -325,8 +325,25 @@ def run_robustness(run_dirs: list[Path], *, val_x: torch.Tensor | None = None, v
             results[m.run]["calibration"] = calibration_report(results[m.run]["corruptions"]["_logits"], y,
                                                                real, ps.y if ps is not None else None)
     for m in models:
+        results[m.run] = merge_results(load_results(m.run), results[m.run])
         write_run_results(m.run, results[m.run])
     return [results[m.run] for m in models]
+
+
+def merge_results(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Results accumulate: parts not computed now (e.g. --no-sharpen, no --testset) are kept from the
+    last run of the same checkpoint, and so are corruptions not swept now when the validation subset
+    and seed are the same; mCA is recomputed over them all."""
+    if not old or old.get("checkpoint") != new.get("checkpoint"):
+        return new
+    out = {**{k: v for k, v in old.items() if k in ("corruptions", "sharpen", "blur", "calibration")}, **new}
+    oc, nc = old.get("corruptions"), new.get("corruptions")
+    if oc and nc and all(oc.get(k) == nc.get(k) for k in ("n", "subset", "data", "seed")):
+        nc["accuracy"] = {**oc["accuracy"], **nc["accuracy"]}
+        nc["params"] = {**oc.get("params", {}), **nc["params"]}
+        accs = [a for per in nc["accuracy"].values() for a in per.values()]
+        nc["mean_corruption_accuracy"] = round(statistics.mean(accs), 5) if accs else None
+    return out
 
 
 def write_run_results(run: Path, res: dict[str, Any]) -> None:
