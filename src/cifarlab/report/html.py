@@ -430,6 +430,8 @@ def _robustness(runs: list[Run], imgs: Images) -> str:
     verdicts = [v for r in rb.RESIZES if (v := rb.blur_verdict(pooled, r))]
     if verdicts:
         parts.append("<h3>The blur hypothesis</h3>" + "".join(f"<p>{e(v)}</p>" for v in verdicts))
+    elif b:
+        parts.append("<p>The blur verdict compares from-scratch models with MobileNets: it needs runs of both.</p>")
     cal = first.get("calibration")
     if cal:
         parts.append(f"<p class=\"meta\">Temperature scaling: {e(cal['split'])}.</p>")
