@@ -11,10 +11,10 @@ from PIL import Image
 
 from cifarlab import CLASSES
 from cifarlab.cli import main
+from cifarlab.data.photo_sweep import blurred_operator, prepare_photo_sweep, resize_matrix
 from cifarlab.data.testset import blur_tensor, gaussian_taps, prepare_photo
 from cifarlab.evaluate.calibration import calibration_report, ece, fit_temperature, reliability_bins, split_halves
-from cifarlab.evaluate.robustness import (balanced_subset, blurred_operator, pool, prepare_photo_sweep,
-                                          resize_matrix)
+from cifarlab.evaluate.robustness import balanced_subset, pool
 
 
 

@@ -9,9 +9,8 @@
 3. Calibration: `cifarlab.evaluate.calibration` on the clean validation subset and the photos.
 4. Seeds: runs of one preset pool as mean ± std (the grouping of compare.table2_rows).
 
-Blur, crop and resize are all linear and separable, so each photo becomes A_h @ photo @ A_w^T with
-32 x H and 32 x W matrices (rounded to 8 bits between the passes, as Pillow does): exact full-resolution blurs of any width for the cost of two small
-matrix products (a 70-px sigma on a 1500-px photo would otherwise be a 430-tap convolution).
+The photos' blur/crop/resize is `cifarlab.data.photo_sweep`; pooling, tables and the verdict are
+`robustness_summary`; the figures are `cifarlab.report.robustness_figures`.
 """
 
 from __future__ import annotations
@@ -25,29 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from cifarlab import CLASSES
 from cifarlab.config import is_transfer
 from cifarlab.data.corruptions import SEVERITY, SHARPEN_AMOUNTS, SHARPEN_SIGMA, corrupt, sharpen
-from cifarlab.data.testset import (UnreadablePhoto, blur_kernel_length, blur_kernel_size, blur_sigma,
-                                   gaussian_taps, list_testset, load_photo)
+from cifarlab.data.photo_sweep import RESIZES, PhotoSweep, photo_sweep
 from cifarlab.errors import UserError
 from cifarlab.evaluate.calibration import calibration_report
 from cifarlab.evaluate.metrics import load_run_model
+from cifarlab.evaluate.robustness_summary import (blur_verdict, corruption_rows, long_rows, markdown, pool,
+                                                  summary_rows)
 from cifarlab.io import write_csv, write_json, write_text
 from cifarlab.train.loop import predict_logits
 
-BLUR_LEVELS = (0.0, 0.001, 0.002, 0.004, 0.008, 0.016, 0.024, 0.032, 0.048)  # sigma / photo width
-RESIZES = ("antialias", "nearest", "bilinear")
 SOURCE = ("Hendrycks & Dietterich, ICLR 2019; CIFAR parameters of github.com/hendrycks/robustness, "
           "ImageNet-C/create_c/make_cifar_c.py")
 RESULT_FILE = "robustness.json"
-
-
-def level_name(frac: float) -> str:
-    return f"{frac:g}"
 
 
 # ---------------------------------------------------------------- subsets
@@ -62,142 +55,6 @@ def balanced_subset(y: torch.Tensor, limit: int | None) -> torch.Tensor:
     k = len(CLASSES)
     idx = [torch.nonzero(y == c).flatten()[: limit // k + (c < limit % k)] for c in range(k)]
     return torch.cat(idx).sort().values
-
-
-# ---------------------------------------------------------------- photos: blur, crop, resize as matrices
-
-def _lanczos(t: torch.Tensor) -> torch.Tensor:
-    return torch.where(t.abs() < 3, torch.sinc(t) * torch.sinc(t / 3), torch.zeros_like(t))
-
-
-def resize_matrix(n_in: int, n_out: int, method: str) -> torch.Tensor:
-    """(n_out, n_in) float64: antialias = Pillow's LANCZOS (support scaled by the shrink factor,
-    clipped at the borders and renormalised); nearest = Pillow's NEAREST (floor((i + .5) * scale));
-    bilinear = OpenCV's INTER_LINEAR / torch bilinear without antialias (two taps, half-pixel centres)."""
-    scale, i = n_in / n_out, torch.arange(n_out, dtype=torch.float64)
-    m = torch.zeros(n_out, n_in, dtype=torch.float64)
-    rows = torch.arange(n_out)
-    if method == "nearest":
-        m[rows, ((i + 0.5) * scale).floor().long().clamp(max=n_in - 1)] = 1
-    elif method == "bilinear":
-        src = ((i + 0.5) * scale - 0.5).clamp(min=0)
-        x0 = src.floor().long().clamp(max=n_in - 1)
-        w1 = src - x0
-        m[rows, x0] += 1 - w1
-        m[rows, (x0 + 1).clamp(max=n_in - 1)] += w1
-    elif method == "antialias":
-        fs = max(scale, 1.0)
-        center, j = (i + 0.5) * scale, torch.arange(n_in, dtype=torch.float64)
-        lo, hi = (center - 3 * fs + 0.5).floor().clamp(min=0), (center + 3 * fs + 0.5).floor().clamp(max=n_in)
-        inside = (j[None] >= lo[:, None]) & (j[None] < hi[:, None])
-        m = _lanczos((j[None] - center[:, None] + 0.5) / fs) * inside
-        m = m / m.sum(1, keepdim=True)
-    else:
-        raise UserError(f"--resize must be among {', '.join(RESIZES)}, got '{method}'")
-    return m
-
-
-def _reflect101(idx: torch.Tensor, n: int) -> torch.Tensor:
-    if n == 1:
-        return torch.zeros_like(idx)
-    idx = idx % (2 * n - 2)
-    return torch.where(idx >= n, 2 * n - 2 - idx, idx)
-
-
-def blurred_operator(m: torch.Tensor, taps: torch.Tensor | None) -> torch.Tensor:
-    """m @ B for B the full-resolution blur by 1-D taps with reflect-101 borders (OpenCV's default),
-    without forming B: spread each column of m over its neighbours (a convolution of m's rows), then
-    fold the columns that fell off an edge back onto their reflections."""
-    if taps is None or len(taps) == 1:
-        return m
-    n, p = m.shape[1], len(taps) // 2
-    # full linear convolution by FFT: long kernels (400+ taps) cost no more than short ones
-    size = 1 << (n + 2 * p - 1).bit_length()  # a power of two >= n + 2p: no wrap-around, fastest FFT
-    spread = torch.fft.irfft(torch.fft.rfft(m, size) * torch.fft.rfft(taps.double(), size), size)[:, :n + 2 * p]
-    return torch.zeros_like(m).index_add_(1, _reflect101(torch.arange(n + 2 * p) - p, n), spread)
-
-
-def _axis_operator(full: int, start: int, side: int, method: str, taps: torch.Tensor | None) -> torch.Tensor:
-    m = torch.zeros(32, full, dtype=torch.float64)
-    m[:, start:start + side] = resize_matrix(side, 32, method)  # centre crop, then resize
-    return blurred_operator(m, taps)
-
-
-def sigma_taps(sigma: float) -> torch.Tensor | None:
-    """Gaussian taps over +-3 sigma (OpenCV's kernel size for a given sigma); None below 0.2 px."""
-    if sigma < 0.2:
-        return None
-    return gaussian_taps(2 * math.ceil(3 * sigma) + 1, sigma)
-
-
-def study_taps(width: int) -> torch.Tensor | None:
-    """The study's filter (cifarlab.data.testset.study_blur): s = round(w / 75), OpenCV's sigma."""
-    s = blur_kernel_size(width)
-    if s <= 1:
-        return None
-    k = blur_kernel_length(s)
-    return gaussian_taps(k, blur_sigma(k))
-
-
-def study_sigma_fraction(width: int) -> float:
-    s = blur_kernel_size(width)
-    return blur_sigma(blur_kernel_length(s)) / width if s > 1 else 0.0
-
-
-def prepare_photo_sweep(photo: torch.Tensor, settings: list[tuple[str, str]]) -> torch.Tensor:
-    """photo: float (H, W, 3); settings: (resize, level name or 'study'). Returns uint8 (S, 3, 32, 32)."""
-    h, w = photo.shape[:2]
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2  # fit_square's centre crop
-    ah, aw = [], []
-    for method, level in settings:
-        taps = study_taps(w) if level == "study" else sigma_taps(float(level) * w)
-        ah.append(_axis_operator(h, top, side, method, taps))
-        aw.append(_axis_operator(w, left, side, method, taps))
-    # horizontal pass first, rounded to 8 bits, then vertical: Pillow's order (matches its Lanczos to +-1)
-    cols = torch.einsum("hwc,spw->shpc", photo, torch.stack(aw).float()).round_().clamp_(0, 255)
-    out = torch.einsum("soh,shpc->scop", torch.stack(ah).float(), cols)
-    return out.round().clamp(0, 255).to(torch.uint8)
-
-
-@dataclass
-class PhotoSweep:
-    settings: list[tuple[str, str]]
-    x: torch.Tensor  # uint8 (S, N, 3, 32, 32)
-    y: torch.Tensor
-    paths: list[str]
-    skipped: list[tuple[str, str]]
-    study_fraction: float  # median sigma / width of the study's rule over these photos
-    root: str = ""
-
-
-def photo_sweep(root: str | Path, resizes: tuple[str, ...] = RESIZES,
-                levels: tuple[float, ...] = BLUR_LEVELS) -> PhotoSweep:
-    """Every photo under root/<class>/ at every (resize, blur level) and the study's rule."""
-    settings = [(r, lv) for r in resizes for lv in [*map(level_name, levels), "study"]]
-    for r in resizes:
-        resize_matrix(64, 32, r)  # bad names fail before any decoding
-    files = list_testset(root)
-    xs, ys, paths, skipped, fracs = [], [], [], [], []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops: thread barriers cost more than they save (10-100x on a busy machine)
-    try:
-        for rel, label in files:
-            try:
-                img = load_photo(Path(root) / rel)
-            except UnreadablePhoto as e:
-                skipped.append((rel, e.reason))
-                continue
-            xs.append(prepare_photo_sweep(torch.from_numpy(np.asarray(img, dtype=np.float32)), settings))
-            ys.append(label)
-            paths.append(rel)
-            fracs.append(study_sigma_fraction(img.width))
-    finally:
-        torch.set_num_threads(threads)
-    if not xs:
-        raise UserError(f"{root}: no readable photos")
-    return PhotoSweep(settings, torch.stack(xs, 1), torch.tensor(ys), paths, skipped,
-                      statistics.median(fracs), str(root))
 
 
 # ---------------------------------------------------------------- evaluating runs
@@ -381,246 +238,12 @@ def load_results(run: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-# ---------------------------------------------------------------- pooling over seeds
-
-def flatten(res: dict[str, Any]) -> dict[str, float]:
-    """One run's numbers as flat keys, so any of them pools over seeds the same way."""
-    f: dict[str, float] = {}
-    c = res.get("corruptions")
-    if c:
-        f["clean"], f["mca"] = c["clean"], c["mean_corruption_accuracy"]
-        sevs: dict[str, list[float]] = {}
-        for n, per in c["accuracy"].items():
-            for s, a in per.items():
-                f[f"c/{n}/{s}"] = a
-                sevs.setdefault(s, []).append(a)
-            f[f"c/{n}/mean"] = statistics.mean(per.values())
-        for s, accs in sevs.items():
-            f[f"c/mean/{s}"] = statistics.mean(accs)
-    for k, a in (res.get("sharpen") or {}).get("accuracy", {}).items():
-        f[f"sharpen/{k}"] = a
-    b = res.get("blur")
-    if b:
-        for r, per in b["accuracy"].items():
-            for lv, a in per.items():
-                f[f"blur/{r}/{lv}"] = a
-                f[f"gain/{r}/{lv}"], f[f"gain_se/{r}/{lv}"] = b["gain_and_paired_se"][r][lv]
-        f["study_fraction"] = b["study_sigma_fraction"]
-    cal = res.get("calibration")
-    if cal:
-        f["T"] = cal["temperature"]
-        for s, v in cal["sets"].items():
-            f[f"ece/{s}/before"], f[f"ece/{s}/after"] = v["ece_before"], v["ece_after"]
-    return {k: v for k, v in f.items() if v is not None}
-
-
-@dataclass
-class Pooled:
-    label: str
-    transfer: bool
-    n_runs: int
-    mean: dict[str, float]
-    std: dict[str, float]  # only keys with 2+ runs
-    bins: dict[str, dict[str, dict[str, list[float]]]]  # set -> before/after -> summed bins
-
-
-def pool(results: list[dict[str, Any]]) -> list[Pooled]:
-    """Group runs by preset (as compare.table2_rows does) and pool: mean, std over runs; reliability
-    bins summed (exact pooling of the diagram)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
-        groups.setdefault(r.get("preset") or r.get("run", "?"), []).append(r)
-    out = []
-    for preset, rs in groups.items():
-        flats = [flatten(r) for r in rs]
-        keys = [k for k in flats[0] if all(k in f for f in flats)]
-        mean = {k: statistics.mean(f[k] for f in flats) for k in keys}
-        std = {k: statistics.stdev(f[k] for f in flats) for k in keys if len(flats) > 1}
-        out.append(Pooled(preset.upper(), bool(rs[0].get("transfer")), len(rs), mean, std, _sum_bins(rs)))
-    return out
-
-
-def _sum_bins(rs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    total: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for r in rs:
-        for s, v in (r.get("calibration") or {}).get("sets", {}).items():
-            for when in ("before", "after"):
-                b = v[f"bins_{when}"]
-                t = total.setdefault(s, {}).setdefault(when, {k: [0.0] * len(b[k]) for k in b})
-                for k in b:
-                    t[k] = [x + y for x, y in zip(t[k], b[k])]
-    return total
-
-
-def fmt(p: Pooled, key: str, scale: float = 100.0, digits: int = 1) -> str:
-    if key not in p.mean:
-        return "—"
-    s = f"{p.mean[key] * scale:.{digits}f}"
-    return s + (f" ± {p.std[key] * scale:.{digits}f}" if key in p.std else "")
-
-
-# ---------------------------------------------------------------- the blur verdict
-
-def blur_verdict(pooled: list[Pooled], resize: str) -> str | None:
-    """Do from-scratch models gain more from blur than MobileNets? Gains in percentage points at the
-    study's rule and at each group's best level, with standard errors."""
-    def gains(p: Pooled, level: str) -> tuple[float, float] | None:
-        k = f"gain/{resize}/{level}"
-        if k not in p.mean:
-            return None
-        se = math.sqrt(p.mean.get(f"gain_se/{resize}/{level}", 0.0) ** 2 + p.std.get(k, 0.0) ** 2 / p.n_runs)
-        return p.mean[k] * 100, se * 100
-
-    levels = sorted({k.split("/")[2] for p in pooled for k in p.mean if k.startswith(f"gain/{resize}/")})
-    groups = {"from scratch": [p for p in pooled if not p.transfer], "MobileNet": [p for p in pooled if p.transfer]}
-    if not all(groups.values()) or not levels:
-        return None
-    parts, summary = [], {}
-    for name, ps in groups.items():
-        at_study = [gains(p, "study") for p in ps]
-        best = [max(((gains(p, lv), lv) for lv in levels if lv not in ("0",) and gains(p, lv)),
-                    key=lambda t: t[0][0]) for p in ps]
-        summary[name] = statistics.mean(g[0] for g in at_study), statistics.mean(b[0][0] for b in best)
-        parts.append(f"{name}: " + ", ".join(
-            f"{p.label} {s[0]:+.1f} ± {s[1]:.1f} pp at the study's rule, best {b[0][0]:+.1f} pp at σ/w={b[1]}"
-            for p, s, b in zip(ps, at_study, best)))
-    ses = [gains(p, "study")[1] for p in pooled]
-    d_study = summary["from scratch"][0] - summary["MobileNet"][0]
-    d_best = summary["from scratch"][1] - summary["MobileNet"][1]
-    noise = 2 * math.sqrt(statistics.mean(s ** 2 for s in ses))
-    answer = "yes" if d_best > noise else ("no" if d_best < -noise else "not clearly")
-    return (f"Resize '{resize}': {'; '.join(parts)}. From-scratch minus MobileNet mean gain: {d_study:+.1f} pp at "
-            f"the study's rule, {d_best:+.1f} pp at the best level (noise level, 2 standard errors: ±{noise:.1f} pp). "
-            f"Do from-scratch models gain more from blur? {answer}.")
-
-
-# ---------------------------------------------------------------- figures
-
-def _figure(n_panels: int, cols: int, w: float = 3.6, h: float = 2.9):
-    from matplotlib.figure import Figure
-
-    cols = min(cols, n_panels)
-    rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(w * cols, h * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[n_panels:]:
-        ax.set_visible(False)
-    return fig, axes
-
-
-def _line(ax, p: Pooled, xs: list[float], keys: list[str], **kw) -> None:
-    pts = [(x, p.mean[k], p.std.get(k, 0.0)) for x, k in zip(xs, keys) if k in p.mean]
-    if pts:
-        x, y, e = zip(*pts)
-        ax.errorbar(x, [v * 100 for v in y], yerr=[v * 100 for v in e] if p.n_runs > 1 else None,
-                    marker="o", ms=3, capsize=2, ls="--" if p.transfer else "-",
-                    label=f"{p.label}" + (f" (n={p.n_runs})" if p.n_runs > 1 else ""), **kw)
-
-
-def corruption_figure(pooled: list[Pooled]):
-    names = sorted({k.split("/")[1] for p in pooled for k in p.mean if k.startswith("c/") and "/mean/" not in k
-                    and k.split("/")[1] != "mean"}, key=list(SEVERITY).index)
-    fig, axes = _figure(len(names) + 1, 4)
-    for ax, name in zip(axes, [*names, "mean"]):
-        for p in pooled:
-            _line(ax, p, list(range(6)), ["clean"] + [f"c/{name}/{s}" for s in range(1, 6)])
-        ax.set(title=name.replace("_", " ") if name != "mean" else "mean over corruptions", xlabel="severity "
-               "(0 = clean)", ylabel="accuracy (%)", ylim=(0, 100))
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
-    return fig
-
-
-def blur_figure(pooled: list[Pooled]):
-    resizes = [r for r in RESIZES if any(f"blur/{r}/0" in p.mean for p in pooled)]
-    fig, axes = _figure(len(resizes), 3, 4.4, 3.4)
-    xs = list(BLUR_LEVELS)
-    for ax, r in zip(axes, resizes):
-        for p in pooled:
-            _line(ax, p, xs, [f"blur/{r}/{level_name(v)}" for v in xs])
-            f = p.mean.get("study_fraction")
-            if f is not None and f"blur/{r}/study" in p.mean:
-                ax.plot([f], [p.mean[f"blur/{r}/study"] * 100], marker="*", ms=11, color=ax.lines[-1].get_color(),
-                        ls="none")
-        f = next((p.mean["study_fraction"] for p in pooled if "study_fraction" in p.mean), None)
-        if f:
-            ax.axvline(f, color="grey", ls=":", lw=1, label="study's rule (median σ/w; ★ exact)")
-        ax.set_xscale("symlog", linthresh=1e-3)
-        ax.set_xlim(-1e-4, max(xs) * 1.15)
-        ax.set(title=f"resize: {r}", xlabel="Gaussian σ / photo width (blur before resizing)",
-               ylabel="accuracy (%)", ylim=(0, 100))
-        ax.grid(alpha=0.3)
-    if resizes:
-        axes[0].legend(fontsize="small")
-    return fig
-
-
-def sharpen_figure(pooled: list[Pooled]):
-    fig, axes = _figure(1, 1, 4.6, 3.4)
-    for p in pooled:
-        _line(axes[0], p, list(SHARPEN_AMOUNTS), [f"sharpen/{a:g}" for a in SHARPEN_AMOUNTS])
-    axes[0].set(title=f"CIFAR validation, unsharp mask (σ = {SHARPEN_SIGMA:g} px)", xlabel="sharpening amount "
-                "(0 = none)", ylabel="accuracy (%)", ylim=(0, 100))
-    axes[0].grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
-    return fig
-
-
-def reliability_figure(pooled: list[Pooled]):
-    ps = [p for p in pooled if p.bins]
-    fig, axes = _figure(max(len(ps), 1), 4, 3.3, 3.3)
-    for ax, p in zip(axes, ps):
-        ax.plot([0, 1], [0, 1], color="grey", lw=1)
-        for s, style in (("validation", "-"), ("realworld", "--")):
-            for when, color in (("before", "C0"), ("after", "C1")):
-                b = p.bins.get(s, {}).get(when)
-                if not b:
-                    continue
-                pts = [(cs / n, c / n) for n, cs, c in zip(b["count"], b["conf_sum"], b["correct"]) if n]
-                ax.plot(*zip(*pts), ls=style, marker="o", ms=3, color=color,
-                        label=f"{s} {'raw' if when == 'before' else 'T-scaled'}")
-        ece = " → ".join(fmt(p, f"ece/validation/{w}", 100, 1) for w in ("before", "after"))
-        ax.set(title=f"{p.label}: val ECE {ece} %", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-        ax.title.set_fontsize(9)
-        ax.grid(alpha=0.3)
-    if ps:
-        axes[0].legend(fontsize="x-small")
-    return fig
-
-
-# ---------------------------------------------------------------- tables
-
-def summary_rows(pooled: list[Pooled]) -> list[dict[str, Any]]:
-    rows = []
-    for p in pooled:
-        rows.append({"model": p.label, "runs": p.n_runs, "clean_%": fmt(p, "clean"), "mCA_%": fmt(p, "mca"),
-                     "photos_%": fmt(p, "blur/antialias/0"), "photos_study_blur_%": fmt(p, "blur/antialias/study"),
-                     "photos_nearest_%": fmt(p, "blur/nearest/0"),
-                     "photos_nearest_study_blur_%": fmt(p, "blur/nearest/study"),
-                     "T": fmt(p, "T", 1, 2), "ECE_val_%": fmt(p, "ece/validation/before"),
-                     "ECE_val_T_%": fmt(p, "ece/validation/after"), "ECE_photos_%": fmt(p, "ece/realworld/before"),
-                     "ECE_photos_T_%": fmt(p, "ece/realworld/after")})
-    return rows
-
-
-def long_rows(pooled: list[Pooled], prefix: str) -> list[dict[str, Any]]:
-    """Every pooled key under prefix as rows: model, runs, setting, mean, std (accuracy as a fraction)."""
-    return [{"model": p.label, "runs": p.n_runs, "setting": k[len(prefix):], "mean": round(v, 5),
-             "std": round(p.std[k], 5) if k in p.std else ""}
-            for p in pooled for k, v in p.mean.items() if k.startswith(prefix)]
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    head = list(rows[0])
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                     + ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows])
-
+# ---------------------------------------------------------------- cross-run outputs
 
 def write_outputs(results: list[dict[str, Any]], out: Path) -> list[Path]:
     """Cross-run CSVs, summary.md and plots in out/; returns what was written."""
     from cifarlab.report.figures import save_png
+    from cifarlab.report.robustness_figures import FIGURES  # matplotlib only when writing figures
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -663,22 +286,3 @@ def study_robustness(run_dirs: list[Path], cifar: Any, testset: str | None, out:
 def _stale(run: Path) -> bool:
     res = run / "eval" / RESULT_FILE
     return not res.is_file() or res.stat().st_mtime < (run / "last.pt").stat().st_mtime
-
-
-def corruption_rows(pooled: list[Pooled]) -> list[dict[str, Any]]:
-    """Model x corruption: accuracy (%) averaged over severities, with clean and mCA."""
-    names = [n for n in SEVERITY if any(f"c/{n}/mean" in p.mean for p in pooled)]
-    return [{"model": p.label, "runs": p.n_runs, "clean": fmt(p, "clean"),
-             **{n.replace("_", " "): fmt(p, f"c/{n}/mean") for n in names}, "mCA": fmt(p, "mca")} for p in pooled]
-
-
-# (file name, figure function, a key that must exist, caption) for write_outputs and the report
-FIGURES = [
-    ("corruption_sweep", corruption_figure, "clean", "Accuracy against corruption severity (CIFAR-10-C-style, "
-     "validation subset); dashed: ImageNet-pretrained MobileNets; error bars: std over seeds"),
-    ("blur_sweep", blur_figure, "study_fraction", "Real photos: accuracy against the Gaussian blur applied at full "
-     "resolution before resizing to 32x32, σ relative to the photo's width; ★: the study's rule s = round(w/75)"),
-    ("sharpen", sharpen_figure, "sharpen/0", "The other direction: CIFAR validation images sharpened (unsharp mask)"),
-    ("reliability", reliability_figure, "T", "Reliability diagrams: accuracy against confidence (15 bins), on the "
-     "validation eval half and the real photos, before and after temperature scaling"),
-]

@@ -412,6 +412,7 @@ def _robustness(runs: list[Run], imgs: Images) -> str:
     """Corruption sweeps, the blur hypothesis and calibration from RUN_DIR/eval/robustness.json
     (`cifarlab robustness`), runs of one preset pooled as mean ± std."""
     from cifarlab.evaluate import robustness as rb
+    from cifarlab.report.robustness_figures import FIGURES
 
     results = [res for r in runs if (res := rb.load_results(r.path))]
     if not results:
@@ -435,7 +436,7 @@ def _robustness(runs: list[Run], imgs: Images) -> str:
     cal = first.get("calibration")
     if cal:
         parts.append(f"<p class=\"meta\">Temperature scaling: {e(cal['split'])}.</p>")
-    for name, make, needs, caption in rb.FIGURES:
+    for name, make, needs, caption in FIGURES:
         if any(needs in p.mean for p in pooled):
             parts.append(imgs.figure(f"robustness_{name}", make(pooled), caption))
     return "\n".join(parts)
