@@ -19,7 +19,7 @@ from cifarlab.data import cifar
 from cifarlab.data.safe_pickle import safe_load, safe_loads
 from cifarlab.errors import UserError
 
-from conftest import REAL_TARBALL, skip_if_missing
+from testdata import REAL_TARBALL, skip_if_missing
 
 N = 20  # images per fake batch
 

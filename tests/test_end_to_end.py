@@ -9,7 +9,7 @@ from cifarlab.config import resolve_config
 from cifarlab.evaluate import evaluate_run
 from cifarlab.train import fit
 
-from conftest import REAL_TARBALL, skip_if_missing
+from testdata import REAL_TARBALL, skip_if_missing
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from cifarlab.errors import UserError
 from cifarlab.models import create_model, mobilenet
 from cifarlab.models.mobilenet import MobileNetV1, MobileNetV2, SameConv2d, freeze_, same_pad
 from cifarlab.models.weights import imagenet_url, load_weights
-from conftest import SHARED_DATA, skip_if_missing
+from testdata import SHARED_DATA, skip_if_missing
 
 PRETRAINED = SHARED_DATA / "pretrained"
 V1_TFLITE = PRETRAINED / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"

@@ -17,7 +17,7 @@ from cifarlab.data.testset import (blur_kernel_length, blur_kernel_size, blur_si
 from cifarlab.errors import UserError
 from cifarlab.evaluate.testset import (evaluate_testset, filter_preview, misclassified_grid, most_confused,
                                        output_files)
-from conftest import SHARED_DATA, skip_if_missing
+from testdata import SHARED_DATA, skip_if_missing
 from test_train import quick_cfg, toy_data
 
 REALWORLD = SHARED_DATA / "realworld"

@@ -75,7 +75,7 @@ def test_missing_weights_file_leaves_no_run_directory(tmp_path):
 def test_mnet2_v2_preset_with_the_real_v2_classifier_file(tmp_path, capsys):
     """The v2 TFLite file has an ImageNet classifier: its backbone loads (a one-line note says the
     classifier was skipped) and the mnet2-v2 recipe trains on it."""
-    from conftest import SHARED_DATA, skip_if_missing
+    from testdata import SHARED_DATA, skip_if_missing
 
     weights = skip_if_missing(SHARED_DATA / "pretrained" / "mobilenet_v2_1.0_224_quant.tflite")
     cfg = resolve_config("mnet2-v2", ["augment=null", "input_size=64", "batch_size=32"], epochs=1,

@@ -4,13 +4,11 @@ and the CLI on a trained IMP run and a pretrained MobileNet at 128 px."""
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
 
-from cifarlab import CLASSES
 from cifarlab.cli import main
 from cifarlab.config import resolve_config, save_config
 from cifarlab.io import save_checkpoint
@@ -20,7 +18,7 @@ from cifarlab.models.weights import load_weights
 from cifarlab.train import fit
 from cifarlab.viz import Photos, Probe, activations, attribution, filters, render
 
-from conftest import SHARED_DATA, skip_if_missing
+from testdata import SHARED_DATA, skip_if_missing
 from test_train import quick_cfg, toy_data
 
 V1_TFLITE = SHARED_DATA / "pretrained" / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"

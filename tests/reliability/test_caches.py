@@ -10,7 +10,7 @@ from PIL import Image
 
 from cifarlab.data import load_cifar10
 from cifarlab.data.testset import load_testset
-from conftest import write_tree
+from testdata import write_tree
 
 
 def cifar(tree, cache):

@@ -18,7 +18,8 @@ from cifarlab.data import load_cifar10
 from cifarlab.data.images import load_photo
 from cifarlab.data.testset import load_testset, prepare_photo
 from cifarlab.errors import UserError
-from conftest import one_line_error, write_tree
+from reliability_helpers import one_line_error
+from testdata import write_tree
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

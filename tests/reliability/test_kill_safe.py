@@ -16,7 +16,8 @@ import torch
 from cifarlab.errors import UserError
 from cifarlab.io import load_checkpoint
 from cifarlab.train.runctl import RunLock
-from conftest import REPO, cli, one_line_error, write_tree
+from reliability_helpers import REPO, cli, one_line_error
+from testdata import write_tree
 
 EPOCHS = 4
 TRAIN = ["--preset", "imp2", "--epochs", EPOCHS, "--set", "batch_size=16"]  # augmentation + dropout: all RNGs

@@ -15,7 +15,8 @@ from cifarlab.config import resolve_config, save_config
 from cifarlab.data import load_cifar10
 from cifarlab.errors import UserError
 from cifarlab.io import load_checkpoint
-from conftest import REPO, one_line_error, write_tree
+from reliability_helpers import REPO, one_line_error
+from testdata import write_tree
 
 
 class Payload:

@@ -7,7 +7,8 @@ import pytest
 
 from cifarlab.config import Augment, Config, build_config, load_preset
 from cifarlab.errors import UserError
-from conftest import one_line_error, write_tree
+from reliability_helpers import one_line_error
+from testdata import write_tree
 
 
 def fields():

@@ -10,7 +10,6 @@ when either differs. Unreadable images in a tree are skipped and listed, never f
 """
 
 import hashlib
-import io
 import os
 import pickle
 import sys
