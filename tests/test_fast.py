@@ -125,7 +125,7 @@ def test_fast_preset_learns_and_resumes_exactly(tmp_path):
     data = toy_data(n_train=400, n_val=100)
     cfg = resolve_config("fast", ["batch_size=64", "lr=0.1", "eval_batch_size=100"], epochs=3)  # lr scaled to the batch
     straight = fit(cfg, data, tmp_path / "a", quiet=True)
-    assert straight["val_accuracy"] > 0.5 and straight["tta"] == "flip_translate"  # 10 classes: chance is 0.1
+    assert straight["val_accuracy"] > 0.3 and straight["tta"] == "flip_translate"  # 10 classes: chance is 0.1
     with pytest.raises(Killed):
         fit(cfg, data, tmp_path / "b", quiet=True, log=_die_after_epoch(1))
     resumed = fit(cfg, data, tmp_path / "b", resume=True, quiet=True)

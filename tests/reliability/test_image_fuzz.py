@@ -15,8 +15,10 @@ from cifarlab.data.testset import prepare_photo
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 MODES = ["RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "I;16", "I", "F", "1"]
-FORMATS = {"PNG": {"RGB", "RGBA", "L", "LA", "P", "I;16", "I", "1"}, "JPEG": {"RGB", "L", "CMYK"},
-           "GIF": {"P", "L", "1"}, "BMP": {"RGB", "L", "P", "1"}, "TIFF": {"RGB", "RGBA", "L", "CMYK", "I;16", "F", "1"},
+# (mode, format) pairs Pillow can write: PNG cannot write 32-bit "I" (Pillow 13), TIFF can
+FORMATS = {"PNG": {"RGB", "RGBA", "L", "LA", "P", "I;16", "1"}, "JPEG": {"RGB", "L", "CMYK"},
+           "GIF": {"P", "L", "1"}, "BMP": {"RGB", "L", "P", "1"},
+           "TIFF": {"RGB", "RGBA", "L", "CMYK", "I;16", "I", "F", "1"},
            "WEBP": {"RGB", "RGBA"}, "PPM": {"RGB", "L"}, "TGA": {"RGB", "RGBA", "L", "P"}, "ICO": {"RGBA"}}
 
 
