@@ -153,3 +153,11 @@ def test_device_flag_reaches_the_config():
     args = build_parser().parse_args(["evaluate", "run", "--device", "cpu"])
     assert args.device == "cpu"
     assert resolve_config("fast", device="cpu").device == "cpu"
+
+
+def test_recipe_options_on_cached_mobilenet_features(tmp_path):
+    """Lookahead follows what trains (the cached-feature tail), and TTA is skipped on features, not images."""
+    cfg = resolve_config("mnet1", ["weights=null", "augment=null", "input_size=32", "lookahead=true", "tta=flip",
+                                   "batch_size=20", "eval_batch_size=50"], epochs=2)
+    metrics = fit(cfg, toy_data(n_train=40, n_val=20), tmp_path / "run", quiet=True)
+    assert metrics["finished"] and metrics["embed_seconds"] > 0

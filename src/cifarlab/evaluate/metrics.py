@@ -56,7 +56,7 @@ def evaluate_run(run_dir: Path, x: torch.Tensor, y: torch.Tensor, name: str = "v
                  checkpoint: str = "last", device: str = "auto") -> dict[str, Any]:
     """Evaluate the run on uint8 images x / labels y; writes eval/<name>.json and eval/<name>_confusion.csv."""
     model, cfg = load_run_model(run_dir, checkpoint, device)
-    logits = predict_logits(model, x, cfg.eval_batch_size, cfg.channels_last, cfg.tta)
+    logits = predict_logits(model, x, cfg.eval_batch_size, cfg.channels_last, cfg.tta, cfg.amp)
     report = {"set": name, "checkpoint": checkpoint, **classification_report(y.cpu(), logits)}
     out = Path(run_dir) / "eval"
     out.mkdir(exist_ok=True)

@@ -67,10 +67,15 @@ class Model:
     channels_last: bool
     preset: str
     transfer: bool
+    tta: str = "none"  # the run's test-time augmentation and autocast, as `evaluate` applies them
+    amp: str = "auto"
     result: dict[str, Any] = field(default_factory=dict)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return predict_logits(self.net, x, self.batch, self.channels_last, self.tta, self.amp)
+
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-        logits = predict_logits(self.net, x, self.batch, self.channels_last)
+        logits = self.logits(x)
         return (logits.argmax(1) == y).float().mean().item(), logits
 
 
@@ -81,7 +86,7 @@ def load_models(run_dirs: list[Path], checkpoint: str = "last") -> list[Model]:
             raise UserError(f"{run}: not a trained run directory (no {checkpoint}.pt)")
         net, cfg = load_run_model(run, checkpoint)
         models.append(Model(run, net, cfg.eval_batch_size, cfg.channels_last, cfg.preset or cfg.model,
-                            is_transfer(cfg)))
+                            is_transfer(cfg), cfg.tta, cfg.amp))
     return models
 
 
@@ -130,7 +135,7 @@ def sweep_blur(models: list[Model], ps: PhotoSweep) -> dict[Path, dict]:
         ok: dict[tuple[str, str], torch.Tensor] = {}
         logits0 = None
         for s, (method, level) in enumerate(ps.settings):
-            logits = predict_logits(m.net, ps.x[s], m.batch, m.channels_last)
+            logits = m.logits(ps.x[s])
             ok[(method, level)] = logits.argmax(1) == ps.y
             acc.setdefault(method, {})[level] = round(ok[(method, level)].float().mean().item(), 5)
             if (method, level) == ("antialias", "0"):
@@ -284,5 +289,9 @@ def study_robustness(run_dirs: list[Path], cifar: Any, testset: str | None, out:
 
 
 def _stale(run: Path) -> bool:
-    res = run / "eval" / RESULT_FILE
-    return not res.is_file() or res.stat().st_mtime < (run / "last.pt").stat().st_mtime
+    """Results older than last.pt, or made from another checkpoint, are redone (load_models then says
+    in one line if last.pt is missing)."""
+    res, ckpt = run / "eval" / RESULT_FILE, run / "last.pt"
+    if not res.is_file() or not ckpt.is_file() or res.stat().st_mtime < ckpt.stat().st_mtime:
+        return True
+    return (load_results(run) or {}).get("checkpoint", "last") != "last"

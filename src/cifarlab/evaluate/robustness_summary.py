@@ -102,6 +102,7 @@ def blur_verdict(pooled: list[Pooled], resize: str) -> str | None:
         se = math.sqrt(p.mean.get(f"gain_se/{resize}/{level}", 0.0) ** 2 + p.std.get(k, 0.0) ** 2 / p.n_runs)
         return p.mean[k] * 100, se * 100
 
+    pooled = [p for p in pooled if gains(p, "study") is not None]  # runs swept on photos at this resize
     levels = sorted({k.split("/")[2] for p in pooled for k in p.mean if k.startswith(f"gain/{resize}/")})
     groups = {"from scratch": [p for p in pooled if not p.transfer], "MobileNet": [p for p in pooled if p.transfer]}
     if not all(groups.values()) or not levels:
@@ -109,8 +110,8 @@ def blur_verdict(pooled: list[Pooled], resize: str) -> str | None:
     parts, summary = [], {}
     for name, ps in groups.items():
         at_study = [gains(p, "study") for p in ps]
-        best = [max(((gains(p, lv), lv) for lv in levels if lv not in ("0",) and gains(p, lv)),
-                    key=lambda t: t[0][0]) for p in ps]
+        best = [max(((gains(p, lv), lv) for lv in levels if lv != "0" and gains(p, lv)),
+                    key=lambda t: t[0][0], default=(gains(p, "study"), "study")) for p in ps]
         summary[name] = statistics.mean(g[0] for g in at_study), statistics.mean(b[0][0] for b in best)
         parts.append(f"{name}: " + ", ".join(
             f"{p.label} {s[0]:+.1f} ± {s[1]:.1f} pp at the study's rule, best {b[0][0]:+.1f} pp at σ/w={b[1]}"

@@ -42,7 +42,7 @@ def evaluate_testset(run_dir: str | Path, testset: TestSet, name: str = "test",
     <name>_predictions.csv and <name>_misclassified.png. Returns the JSON report."""
     run_dir = Path(run_dir)
     model, cfg = load_run_model(run_dir, checkpoint, device)
-    logits = predict_logits(model, testset.x, cfg.eval_batch_size, cfg.channels_last, cfg.tta)  # upscales if it must
+    logits = predict_logits(model, testset.x, cfg.eval_batch_size, cfg.channels_last, cfg.tta, cfg.amp)  # upscales if it must
     probs, y = logits.softmax(1), testset.y.cpu()
     pred = probs.argmax(1)
     report = {"set": name, "checkpoint": checkpoint, **classification_report(y, logits),

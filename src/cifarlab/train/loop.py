@@ -60,9 +60,10 @@ def use_channels_last(cfg: Config, device: torch.device) -> bool:
     return cfg.channels_last or device.type == "cuda"
 
 
-def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA by default (no loss scaling needed, unlike fp16); fp32 elsewhere."""
-    if cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda"):
+def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Config key amp: 'auto' = bf16 autocast on CUDA (no loss scaling needed, unlike fp16), fp32
+    elsewhere; 'bf16' = always; 'off' = never."""
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -131,7 +132,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
             xb = augment_batch(xb, aug, aug_gen, flips)
         if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with autocast(cfg, device):
+        with autocast(cfg.amp, device):
             logits = model(xb)
             loss = criterion(logits.float(), yb)
         total = loss + cfg.l2 * l2_penalty(model) if cfg.l2 else loss
@@ -154,22 +155,21 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, channels_last: bool = False,
-                   tta: str = "none") -> torch.Tensor:
+                   tta: str = "none", amp: str = "auto") -> torch.Tensor:
     """Logits for uint8 images (N, 3, H, W) in eval mode, batched, with optional test-time augmentation
-    (see recipe.tta_logits); bf16 on CUDA; returned as float32 on the CPU."""
+    (see recipe.tta_logits) and autocast as for training (`amp`); returned as float32 on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    with amp:
+    with autocast(amp, device):
         out = [tta_logits(model, to_input(x[i:i + batch_size].to(device), channels_last), tta).float().cpu()
                for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 10)
 
 
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
-                   channels_last: bool = False, tta: str = "none") -> tuple[float, float]:
+                   channels_last: bool = False, tta: str = "none", amp: str = "auto") -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on uint8 images x and labels y."""
-    logits = predict_logits(model, x, batch_size, channels_last, tta)
+    logits = predict_logits(model, x, batch_size, channels_last, tta, amp)
     y = y.cpu()
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
@@ -243,14 +243,13 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
 
     init_from_data(model, cfg, train_x)  # before the optimiser sees the weights; a resume overwrites them
     opt = make_optimizer(model, cfg)
-    lookahead = Lookahead(model) if cfg.lookahead else None
     state = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_accuracy": -1.0}
+    slow_weights = None  # the lookahead's, restored once we know which module trains
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        if lookahead is not None and "lookahead" in ckpt:
-            lookahead.load_state_dict(ckpt["lookahead"])
+        slow_weights = ckpt.get("lookahead")
         state = ckpt["state"]
         log(f"resuming {run_dir} after epoch {state['epoch']}/{cfg.epochs}")
     if writer:
@@ -274,6 +273,9 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
             f"in {embed_seconds:.0f}s; training the last {sum(p.numel() for p in net.parameters()):,} "
             "parameters on them")
 
+    lookahead = Lookahead(net) if cfg.lookahead else None  # of what trains: the model or, cached, its tail
+    if lookahead is not None and slow_weights is not None:
+        lookahead.load_state_dict(slow_weights)
     channels_last = use_channels_last(cfg, device)
     trained = net if world == 1 else nn.parallel.DistributedDataParallel(net)  # averages gradients over ranks
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
@@ -285,9 +287,9 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
         last = epoch == cfg.epochs
         if last and lookahead is not None:
             lookahead.finish(net)
-        # test-time augmentation costs several forward passes: only for the final model
-        val_loss, val_acc = evaluate_model(net, val_x, val_y, cfg.eval_batch_size, channels_last,
-                                           cfg.tta if last else "none")
+        # test-time augmentation costs several forward passes: only for the final model, only on images
+        tta = cfg.tta if last and val_x.dtype == torch.uint8 else "none"
+        val_loss, val_acc = evaluate_model(net, val_x, val_y, cfg.eval_batch_size, channels_last, tta, cfg.amp)
         runctl.check_finite(val_loss, "the validation loss", epoch, net)  # nothing diverged is saved
         seconds = time.perf_counter() - t0
         row = dict(epoch=epoch, lr=lr, train_loss=round(train_loss, 5), train_acc=round(train_acc, 5),
@@ -309,22 +311,14 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
         log(f"epoch {epoch}/{cfg.epochs} lr {lr:.2g} train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f}s, ETA {fmt_time(eta)}")
     metrics = _metrics(cfg, state, len(train_x), embed_seconds)
-    if writer:
+    if writer:  # again at the end: a kill may have come between last.pt and these, and a resume lands here
+        write_csv(run_dir / "history.csv", state["history"], HISTORY_FIELDS)
         write_json(run_dir / "metrics.json", metrics)
     if world > 1:
         torch.distributed.barrier()  # no rank leaves before rank 0 has written everything
-    _write_outputs(run_dir, state["history"], metrics)  # again: a kill may have come between last.pt and these
     log(f"done: val_accuracy {metrics['val_accuracy']:.4f} (best {metrics['best_val_accuracy']:.4f} at epoch "
         f"{metrics['best_epoch']}), {metrics['train_seconds'] / 60:.1f} min; run directory {run_dir}")
     return metrics
-
-
-def _write_outputs(run_dir: Path, history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
-    import os
-
-    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun only rank 0 writes
-        write_csv(run_dir / "history.csv", history, HISTORY_FIELDS)
-        write_json(run_dir / "metrics.json", metrics)
 
 
 def _metrics(cfg: Config, state: dict[str, Any], n_train: int, embed_seconds: float = 0.0) -> dict[str, Any]:

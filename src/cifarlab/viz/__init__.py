@@ -135,6 +135,8 @@ def study_figures(run_dir: str | Path, photos: Photos, *, steps: int = 40, quiet
     run_dir = Path(run_dir)
     viz = run_dir / "viz"
     names = ["activations.png", "filters.png"] + [output_name(k) for k in STUDY_KINDS]
+    if not (run_dir / "last.pt").is_file():
+        raise UserError(f"{run_dir}: not a trained run directory (no last.pt)")
     last = (run_dir / "last.pt").stat().st_mtime
     if all((viz / n).is_file() and (viz / n).stat().st_mtime >= last for n in names[:2]):
         return []
