@@ -98,10 +98,6 @@ def scorecam_all(probe: Probe, x: torch.Tensor, targets: list[int], layer: Layer
     return maps
 
 
-def scorecam(probe: Probe, x: torch.Tensor, target: int, layer: Layer) -> torch.Tensor:
-    return scorecam_all(probe, x, [target], layer)[0]
-
-
 def cams(kind: str, probe: Probe, x: torch.Tensor, targets: list[int], layer: Layer) -> list[torch.Tensor]:
     """The maps of one CAM kind for several classes of one image (Score-CAM shares its forward passes)."""
     if kind == "scorecam":
@@ -109,7 +105,7 @@ def cams(kind: str, probe: Probe, x: torch.Tensor, targets: list[int], layer: La
     return [CAM_FUNCTIONS[kind](probe, x, t, layer) for t in targets]
 
 
-CAM_FUNCTIONS = {"gradcam": gradcam, "gradcam++": gradcam_pp, "scorecam": scorecam}
+CAM_FUNCTIONS = {"gradcam": gradcam, "gradcam++": gradcam_pp}  # Score-CAM: scorecam_all, all classes at once
 
 
 def _short(name: str, n: int = 21) -> str:

@@ -152,7 +152,7 @@ def load_probe(run_dir: str | Path, checkpoint: str = "last") -> Probe:
     """A trained run's model on the CPU, ready for visualisation."""
     from cifarlab.evaluate.metrics import load_run_model
 
-    model, cfg = load_run_model(Path(run_dir), checkpoint)
-    model = model.cpu().to(memory_format=torch.contiguous_format)
+    model, cfg = load_run_model(Path(run_dir), checkpoint, device="cpu")
+    model = model.to(memory_format=torch.contiguous_format)
     label = (cfg.preset or Path(run_dir).name).upper()
     return Probe(model, cfg.input_size if hasattr(model, "input_size") else 32, label)
