@@ -42,8 +42,13 @@ from cifarlab.config import resolve_config
 from cifarlab.data import class_balanced_subset, load_cifar10
 from cifarlab.data.cifar import default_cache_dir
 from cifarlab.errors import UserError
-from cifarlab.train.loop import augment_config, build_model, evaluate_model, train_epoch
+from cifarlab.data.augment import augment_config
+from cifarlab.models import build_model
+from cifarlab.models.predict import evaluate_model
+from cifarlab.train.loop import train_epoch
 from cifarlab.train.progress import Progress
+
+from _meta import loadavg, run_meta
 
 CHILD = Path(__file__).with_name("keras_imp.py")
 
@@ -199,6 +204,7 @@ def main() -> None:
                 f"cifarlab channels_last={cfg.channels_last}, Keras NHWC, jit_compile={info['jit_compile']}"),
                 "data": data.source}
             print(meta["line"], file=sys.stderr, flush=True)
+            load_start = loadavg()
             load0 = os.getloadavg()[0]
             if load0 > (os.cpu_count() or 1):
                 print(f"warning: machine busy (load average {load0:.1f} on {os.cpu_count()} CPUs); multi-threaded "
@@ -228,7 +234,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.suffix == ".json":
-            args.out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+            args.out.write_text(json.dumps({**meta, **run_meta(load_start), "rows": rows}, indent=2) + "\n")
         else:
             args.out.write_text(table + "\n")
 

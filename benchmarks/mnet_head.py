@@ -15,7 +15,9 @@ import torch
 
 from cifarlab.config import resolve_config
 from cifarlab.data import class_balanced_subset, load_cifar10
-from cifarlab.train.loop import build_model, embed_all, evaluate_model, train_epoch
+from cifarlab.models import build_model
+from cifarlab.models.predict import evaluate_model
+from cifarlab.train.loop import embed_all, train_epoch
 from cifarlab.train.progress import Progress
 
 

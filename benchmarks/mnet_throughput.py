@@ -16,8 +16,8 @@ import time
 import torch
 
 from cifarlab.config import resolve_config
-from cifarlab.models import forward_flops
-from cifarlab.train.loop import build_model, embed_all, train_epoch
+from cifarlab.models import build_model, forward_flops
+from cifarlab.train.loop import embed_all, train_epoch
 from cifarlab.train.progress import Progress
 
 

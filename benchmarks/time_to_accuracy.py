@@ -28,6 +28,8 @@ from cifarlab.config import resolve_config
 from cifarlab.data import load_cifar10
 from cifarlab.train import fit
 
+from _meta import loadavg, run_meta
+
 TARGETS = (0.884, 0.94)  # the study's best from-scratch model (IMP2, 88.4 %), airbench94's 94 %
 
 
@@ -95,7 +97,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/time_to_accuracy", help="OUT.json and OUT.png")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
-    result = run(args)
+    load0 = loadavg()
+    result = {**run(args), **run_meta(load0)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")

@@ -21,8 +21,9 @@ import time
 import torch
 
 from cifarlab.config import resolve_config
-from cifarlab.models import forward_flops
-from cifarlab.train.loop import build_model, predict_logits, train_epoch
+from cifarlab.models import build_model, forward_flops
+from cifarlab.models.predict import predict_logits
+from cifarlab.train.loop import train_epoch
 from cifarlab.train.recipe import loss_fn, make_optimizer
 from cifarlab.train.progress import Progress
 

@@ -1,14 +1,44 @@
-"""Shared fixtures: the real CIFAR-10 copy in ../shared/data, decoded once per test session."""
+"""Shared fixtures: a private home for the whole session, and the real CIFAR-10 copy in ../shared/data,
+decoded once per test session."""
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
-from testdata import REAL_TARBALL, skip_if_missing, write_tree
+from testdata import CLEARED, PRIVATE_DIRS, REAL_TARBALL, skip_if_missing, write_tree
+
+_saved_env: dict[str, str | None] = {}
+
+
+def pytest_configure(config):
+    """Point HOME and every cache variable into one private folder for the whole session. Done here, not
+    in an autouse fixture: test modules import matplotlib while being collected, and matplotlib fixes
+    (and creates) its config and cache folders on import."""
+    root = Path(tempfile.mkdtemp(prefix="cifarlab-tests-"))
+    config.private_home = root
+    for var, sub in PRIVATE_DIRS.items():
+        _saved_env[var] = os.environ.get(var)
+        (root / sub).mkdir()
+        os.environ[var] = str(root / sub)
+    for var in CLEARED:
+        _saved_env[var] = os.environ.pop(var, None)
+
+
+def pytest_unconfigure(config):
+    for var, value in _saved_env.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+    if hasattr(config, "private_home"):
+        shutil.rmtree(config.private_home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def real_cifar_cache(tmp_path_factory) -> Path:
-    """A per-session cache folder, so tests never touch ~/.cache."""
+    """A per-session cache folder for the decoded real data (tests that need an empty cache use their own)."""
     return tmp_path_factory.mktemp("real_cache")
 
 

@@ -10,12 +10,6 @@ from PIL import Image
 from cifarlab.cli import main
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CIFARLAB_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CIFARLAB_DATA", raising=False)
-
-
 def run(*args):
     return main([str(a) for a in args])
 

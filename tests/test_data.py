@@ -24,12 +24,6 @@ from testdata import REAL_TARBALL, skip_if_missing
 N = 20  # images per fake batch
 
 
-@pytest.fixture(autouse=True)
-def no_env(monkeypatch):
-    monkeypatch.delenv("CIFARLAB_DATA", raising=False)
-    monkeypatch.delenv("CIFARLAB_HOME", raising=False)
-
-
 def load(data, tmp_path, **kw):
     return load_cifar10(data, cache_dir=tmp_path / "cache", progress=False, **kw)
 
@@ -305,6 +299,7 @@ def test_safe_pickle_round_trips_plain_data():
 # ---------------------------------------------------------------- cache
 
 def test_second_load_uses_cache(tmp_path, batches_tgz, monkeypatch, capsys):
+    monkeypatch.setattr(cifar, "ANNOUNCE_BYTES", 0)  # announce even this small a decode
     before = sorted(os.listdir(batches_tgz.parent / "src"))
     d1 = load_cifar10(batches_tgz, cache_dir=tmp_path / "cache")
     err = capsys.readouterr().err

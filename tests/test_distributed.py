@@ -16,6 +16,7 @@ from PIL import Image
 
 from cifarlab import CLASSES
 from cifarlab.train.loop import batch_indices
+from testdata import require
 
 # Two processes see the same global batches, but batch-norm statistics come from each process's half
 # batch and augmentation draws differ, so the runs are not identical: on 200 validation images of this
@@ -44,25 +45,24 @@ def _toy_tree(root: Path, n_train: int = 60, n_val: int = 20) -> Path:
     return root
 
 
-def _train(cmd_prefix: list[str], data: Path, out: Path, home: Path, epochs: int = 4, extra=()) -> subprocess.CompletedProcess:
+def _train(cmd_prefix: list[str], data: Path, out: Path, epochs: int = 4, extra=()) -> subprocess.CompletedProcess:
     # the fast recipe: its decaying schedule ends both runs in a settled state (Adam at a fixed rate can
     # swing by tens of points from one epoch to the next on a set this small)
     args = ["train", "--preset", "fast", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
             "--set", "batch_size=32", "--set", "lr=0.05", "--set", "eval_batch_size=100", "--quiet", *extra]
-    env = {**os.environ, "CIFARLAB_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([*cmd_prefix, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not installed")
+    require(torchrun, "torchrun not found beside this Python or on PATH")
     data = _toy_tree(tmp_path / "toy")
-    single = _train([sys.executable, "-m", "cifarlab"], data, tmp_path / "one", tmp_path / "home")
+    single = _train([sys.executable, "-m", "cifarlab"], data, tmp_path / "one")
     assert single.returncode == 0, single.stderr
     ddp_cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "cifarlab"]
-    ddp = _train(ddp_cmd, data, tmp_path / "two", tmp_path / "home", epochs=2)
+    ddp = _train(ddp_cmd, data, tmp_path / "two", epochs=2)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     log = (tmp_path / "two" / "train.log").read_text()
     assert "2 processes of batch 16 (effective batch 32" in log
@@ -70,7 +70,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     # --resume under torchrun continues the run (here extended from 2 to 4 epochs)
     ddp = subprocess.run([*ddp_cmd, "train", "--resume", str(tmp_path / "two"), "--epochs", "4", "--quiet",
                           "--data", str(data)], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "CIFARLAB_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "two" / "history.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]

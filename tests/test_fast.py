@@ -10,9 +10,10 @@ from cifarlab.config import resolve_config
 from cifarlab.data.augment import AugmentConfig, alternating_flips, augment_batch, translate
 from cifarlab.models import create_model
 from cifarlab.train import fit
-from cifarlab.train.recipe import Lookahead, lr_at_step, make_optimizer, set_lr, tta_logits
+from cifarlab.models.predict import tta_logits
+from cifarlab.train.recipe import Lookahead, lr_at_step, make_optimizer, set_lr
 
-from test_train import toy_data
+from testdata import toy_data
 
 
 def test_triangle_schedule_warms_up_then_decays():

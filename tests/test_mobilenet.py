@@ -18,8 +18,9 @@ from cifarlab.data import class_balanced_subset
 from cifarlab.errors import UserError
 from cifarlab.models import create_model, mobilenet
 from cifarlab.models.mobilenet import MobileNetV1, MobileNetV2, SameConv2d, freeze_, same_pad
+from cifarlab.models import weights
 from cifarlab.models.weights import imagenet_url, load_weights
-from testdata import SHARED_DATA, skip_if_missing
+from testdata import SHARED_DATA, require_module, skip_if_missing
 
 PRETRAINED = SHARED_DATA / "pretrained"
 V1_TFLITE = PRETRAINED / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
@@ -134,7 +135,7 @@ def test_v2_classifier_names_real_photos(v2_classifier):
 
 
 def test_v1_features_match_the_tflite_interpreter(monkeypatch):
-    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter_module = require_module("ai_edge_litert.interpreter", "ai-edge-litert not installed")
     model = load_weights(MobileNetV1().eval(), skip_if_missing(V1_TFLITE))
     interpreter = interpreter_module.Interpreter(model_path=str(V1_TFLITE))
     interpreter.allocate_tensors()
@@ -264,11 +265,24 @@ def test_bad_tflite_files_fail_in_one_line(tmp_path):
 
 # ---------------------------------------------------------------- Keras .h5
 
-def write_keras_h5(path: Path, model: MobileNetV1) -> None:
-    """A MobileNetV1 in the layout of Keras' save_weights files (mobilenet_*_tf[_no_top].h5):
-    root attrs layer_names, per layer attrs weight_names and datasets like conv1/conv1/kernel:0."""
+def keras_names(model: MobileNetV1 | MobileNetV2) -> list[tuple[str, str]]:
+    """(conv layer, its batch norm layer) in model order, named as in Keras' applications files."""
+    if isinstance(model, MobileNetV1):
+        convs = ["conv1"] + [f"conv_{kind}_{i}" for i in range(1, 14) for kind in ("dw", "pw")]
+        return [(c, f"{c}_bn") for c in convs]
+    blocks = [["expanded_conv_depthwise", "expanded_conv_project"]] + \
+        [[f"block_{b}_{kind}" for kind in ("expand", "depthwise", "project")] for b in range(1, 17)]
+    return [("Conv1", "bn_Conv1")] + [(c, f"{c}_BN") for block in blocks for c in block] + [("Conv_1", "Conv_1_bn")]
+
+
+def write_keras_h5(path: Path, model: MobileNetV1 | MobileNetV2) -> None:
+    """A MobileNet v1 or v2 in the layout of Keras' save_weights files (mobilenet_*_tf[_no_top].h5,
+    mobilenet_v2_weights_tf_dim_ordering_tf_kernels_*.h5): root attrs layer_names, per layer attrs
+    weight_names and datasets like conv1/conv1/kernel:0; layers without weights (ReLU, padding) too."""
     h5py = pytest.importorskip("h5py")
-    names = ["conv1"] + [f"conv_{kind}_{i}" for i in range(1, 14) for kind in ("dw", "pw")]
+    units = [m for m in model.modules() if isinstance(m, mobilenet.ConvBNReLU)]
+    names = keras_names(model)
+    assert len(names) == len(units)
     with h5py.File(path, "w") as f:
         layers = []
 
@@ -280,14 +294,15 @@ def write_keras_h5(path: Path, model: MobileNetV1) -> None:
             layers.append(name)
 
         layer("input_1", {})
-        for name, unit in zip(names, model.features):
+        for (name, bn_name), unit in zip(names, units):
             w, bn = unit.conv.weight, unit.bn
             if unit.depthwise:  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+                layer(f"{name}_pad", {})
                 layer(name, {"depthwise_kernel": w.permute(2, 3, 0, 1)})
             else:  # (out, in, kh, kw) -> (kh, kw, in, out)
                 layer(name, {"kernel": w.permute(2, 3, 1, 0)})
-            layer(f"{name}_bn", {"gamma": bn.weight, "beta": bn.bias,
-                                 "moving_mean": bn.running_mean, "moving_variance": bn.running_var})
+            layer(bn_name, {"gamma": bn.weight, "beta": bn.bias,
+                            "moving_mean": bn.running_mean, "moving_variance": bn.running_var})
             layer(f"{name}_relu", {})
         if isinstance(model.classifier, torch.nn.Linear):  # Keras' 1x1 conv_preds
             layer("conv_preds", {"kernel": model.classifier.weight.T[None, None], "bias": model.classifier.bias})
@@ -319,6 +334,21 @@ def test_keras_h5_round_trip(tmp_path):
     assert "other architecture?" in one_line_error(MobileNetV2(alpha=0.35), tmp_path / "m.h5")
     (tmp_path / "bad.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
     assert "cannot read Keras weights" in one_line_error(MobileNetV1(), tmp_path / "bad.h5")
+
+
+def test_keras_h5_round_trip_mobilenet_v2(tmp_path):
+    """mnet2-v2's default weights are Keras' MobileNet v2 .h5: the v2 names and order load exactly."""
+    torch.manual_seed(0)
+    source = randomised(MobileNetV2(alpha=0.35))
+    write_keras_h5(tmp_path / "v2.h5", source)
+    model = load_weights(MobileNetV2(alpha=0.35), tmp_path / "v2.h5").eval()
+    for k, v in source.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x))
+    assert "other architecture?" in one_line_error(MobileNetV1(alpha=0.25), tmp_path / "v2.h5")
+    assert "other alpha?" in one_line_error(MobileNetV2(alpha=0.5), tmp_path / "v2.h5")
 
 
 # ---------------------------------------------------------------- imagenet: download and cache
@@ -367,3 +397,57 @@ def test_imagenet_file_names(capsys):
     assert imagenet_url(MobileNetV1(), 32).endswith("mobilenet_1_0_128_tf_no_top.h5")  # CIFAR's size: nearest
     assert "using the 128 px ones" in capsys.readouterr().err
     assert imagenet_url(MobileNetV2(alpha=1.4), 128).endswith("kernels_1.4_224_no_top.h5")
+
+
+V2_128 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_128_no_top.h5"
+
+
+def serve(monkeypatch, payload: bytes) -> list[str]:
+    urls = []
+
+    def fake_urlopen(url, timeout=None):
+        urls.append(url)
+        return io.BytesIO(payload)
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    return urls
+
+
+def test_imagenet_size_and_md5_are_checked_after_download_and_in_the_cache(tmp_path, monkeypatch):
+    import hashlib
+
+    source = randomised(MobileNetV2(alpha=0.35))
+    write_keras_h5(tmp_path / "src.h5", source)
+    good = (tmp_path / "src.h5").read_bytes()
+    monkeypatch.setitem(weights.KNOWN_FILES, V2_128, (len(good), hashlib.md5(good).hexdigest()))
+    cached = tmp_path / "cache" / "weights" / V2_128
+
+    serve(monkeypatch, good[:-1])  # truncated in transit
+    assert f"expected {len(good)} bytes" in one_line_error(MobileNetV2(alpha=0.35), "imagenet",
+                                                           cache_dir=tmp_path / "cache", input_size=128)
+    assert list(cached.parent.iterdir()) == []
+
+    urls = serve(monkeypatch, good)
+    model = load_weights(MobileNetV2(alpha=0.35), "imagenet", cache_dir=tmp_path / "cache", input_size=128)
+    assert urls[0].endswith("mobilenet_v2/" + V2_128) and cached.read_bytes() == good
+    torch.testing.assert_close(model.features[3].conv[1].conv.weight, source.features[3].conv[1].conv.weight)
+
+    for damage in (good + b"x", bytes([good[0] ^ 1]) + good[1:]):  # wrong size; same size, wrong md5
+        cached.write_bytes(damage)
+        msg = one_line_error(MobileNetV2(alpha=0.35), "imagenet", cache_dir=tmp_path / "cache", input_size=128)
+        assert "cached ImageNet weights are corrupt" in msg and "deleted it" in msg
+        assert not cached.exists()
+        load_weights(MobileNetV2(alpha=0.35), "imagenet", cache_dir=tmp_path / "cache", input_size=128)
+        assert cached.read_bytes() == good  # downloaded afresh
+    assert len(urls) == 3
+
+
+def test_an_unreadable_cached_file_of_unknown_hash_is_deleted(tmp_path, monkeypatch):
+    assert V2_128 not in weights.KNOWN_FILES
+    cached = tmp_path / "weights" / V2_128
+    cached.parent.mkdir()
+    cached.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # e.g. a captive portal's page, or a cut download
+    serve(monkeypatch, b"")  # never called: the file is cached
+    msg = one_line_error(MobileNetV2(alpha=0.35), "imagenet", cache_dir=tmp_path, input_size=128)
+    assert "cannot read Keras weights" in msg and "deleted the cached download" in msg
+    assert not cached.exists()

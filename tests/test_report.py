@@ -11,15 +11,15 @@ from PIL import Image
 from cifarlab import CLASSES
 from cifarlab.cli import main
 from cifarlab.config import resolve_config, save_config
-from cifarlab.data.augment import preview_grid
+from cifarlab.data.augment import augment_config, preview_grid
 from cifarlab.errors import UserError
 from cifarlab.evaluate import evaluate_run
 from cifarlab.io import write_csv
 from cifarlab.report import lr_drop_epochs, write_report
 from cifarlab.train import fit
-from cifarlab.train.loop import HISTORY_FIELDS, augment_config
+from cifarlab.train.loop import HISTORY_FIELDS
 
-from test_train import quick_cfg, toy_data
+from testdata import quick_cfg, require, toy_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -160,8 +160,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install -y chromium)")
 def test_page_loads_in_a_real_browser(report, tmp_path):
+    require(CHROMIUM, "no chromium binary (apt-get install -y chromium)")
     index, page = report
 
     def chromium(*args):

@@ -5,7 +5,15 @@ import numpy as np
 from PIL import Image
 
 from cifarlab import CLASSES
-from cifarlab.reproduce import plan, reproduce
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from cifarlab.errors import UserError
+from cifarlab.profiles import plan
+from cifarlab.reproduce import reproduce
 
 TINY_MNET = ["alpha=0.25", "input_size=32", "weights=null", "epochs=1", "batch_size=16"]
 TINY = {"base": ["epochs=1"], "imp1": ["epochs=1"], "imp2": ["epochs=1"], "mnet1": TINY_MNET, "mnet2": TINY_MNET}
@@ -30,18 +38,39 @@ def test_quick_profile_plans_subsets_and_the_full_one_the_presets(tmp_path):
     assert len(plan(tmp_path, "full", 2, None)) == 10  # two seeds per preset
 
 
-def test_reproduce_trains_evaluates_tabulates_reports_and_reuses(tiny_tree, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("CIFARLAB_HOME", str(tmp_path / "cache"))
+def test_reproduce_trains_evaluates_tabulates_reports_and_reuses(tiny_tree, tmp_path, capsys):
     photos = photo_tree(tmp_path / "photos")
     out = tmp_path / "out"
-    index = reproduce(str(tiny_tree), str(photos), out, profile="full", overrides=TINY)
+    index = reproduce(str(tiny_tree), str(photos), out, profile="full", overrides=TINY, jobs=2)  # two lanes
     assert index.is_file() and index.name == "index.html"
     table = (out / "table2.md").read_text()
     for model in ("BASE", "IMP1", "IMP2", "MNET1", "MNET2"):
         assert f"| {model} | 1 |" in table
-    run = out / "runs" / "full" / "imp2-seed0"
+    run = out / "runs" / "study" / "imp2-seed0"  # `full` is the study profile's old name
     for name in ("validation.json", "test.json", "test_filtered.json"):
         assert (run / "eval" / name).is_file()
     capsys.readouterr()
-    reproduce(str(tiny_tree), str(photos), out, profile="full", overrides=TINY)
+    reproduce(str(tiny_tree), str(photos), out, profile="study", overrides=TINY, jobs=1)
     assert capsys.readouterr().err.count("reusing it") == 5
+
+
+def test_offline_without_weights_fails_in_seconds_before_any_run(tiny_tree, tmp_path, monkeypatch, capsys):
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="--weights") as e:
+        reproduce(str(tiny_tree), None, tmp_path / "out", profile="laptop")  # MNETs default to 'imagenet'
+    assert time.perf_counter() - t0 < 30 and "\n" not in str(e.value)
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained, nothing written
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    import yaml
+
+    assert reproduce(None, None, tmp_path / "out", profile="laptop", dry_run=True) is None
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["preset"] for d in docs[:-1]] == ["base-laptop", "imp1-laptop", "imp2-laptop", "mnet1-laptop",
+                                               "mnet2-laptop"]
+    assert docs[-1]["estimated_minutes"] > 0 and not (tmp_path / "out").exists()

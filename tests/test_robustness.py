@@ -163,7 +163,6 @@ def tiny_runs(tiny_tree, tmp_path_factory):
 
 
 def test_cli_robustness_end_to_end(tiny_runs, tiny_tree, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("CIFARLAB_HOME", str(tmp_path / "cache"))
     photos = photo_tree(tmp_path / "photos")
     out = tmp_path / "rb"
     rc = main(["robustness", *map(str, tiny_runs), "--data", str(tiny_tree), "--testset", str(photos),
@@ -218,11 +217,10 @@ def test_cli_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "not a trained run directory" in capsys.readouterr().err
 
 
-def test_study_hook_evaluates_stale_runs_only(tiny_runs, tiny_tree, tmp_path, monkeypatch):
+def test_study_hook_evaluates_stale_runs_only(tiny_runs, tiny_tree, tmp_path):
     from cifarlab.data import load_cifar10
-    from cifarlab.evaluate.robustness import study_robustness
+    from cifarlab.reproduce import study_robustness
 
-    monkeypatch.setenv("CIFARLAB_HOME", str(tmp_path / "cache"))
     cifar = load_cifar10(str(tiny_tree))
     for run in tiny_runs:
         (run / "eval" / "robustness.json").unlink(missing_ok=True)

@@ -16,9 +16,8 @@ from cifarlab.data.testset import (blur_kernel_length, blur_kernel_size, blur_si
                                    gaussian_taps, load_photo, load_testset, prepare_photo, study_blur)
 from cifarlab.errors import UserError
 from cifarlab.evaluate.testset import (evaluate_testset, filter_preview, misclassified_grid, most_confused,
-                                       output_files)
-from testdata import SHARED_DATA, skip_if_missing
-from test_train import quick_cfg, toy_data
+                                       output_files, photo_set_name)
+from testdata import SHARED_DATA, quick_cfg, skip_if_missing, toy_data
 
 REALWORLD = SHARED_DATA / "realworld"
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -26,8 +25,8 @@ RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
+    """An empty cache per test: the cache tests count what is in it."""
     monkeypatch.setenv("CIFARLAB_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("CIFARLAB_TESTSET", raising=False)
 
 
 def solid(size, colour, mode="RGB"):
@@ -82,7 +81,7 @@ def test_grey_rgba_palette_cmyk(tmp_path):
 def test_16_bit_is_scaled_not_clipped(tmp_path):
     a = np.array([[0, 128 * 257, 65535, 1000]], np.uint16)
     Image.fromarray(a).save(tmp_path / "d.png")
-    assert Image.open(tmp_path / "d.png").mode == "I;16"
+    assert Image.open(tmp_path / "d.png").mode in ("I;16", "I")  # Pillow < 10.3 opens 16-bit PNGs as "I"
     out = np.asarray(load_photo(tmp_path / "d.png"))
     assert out[0, :, 0].tolist() == [0, 128, 255, 4]  # Pillow's own convert would give 255 for the last three
 
@@ -320,19 +319,49 @@ def test_misclassified_grid_shapes():
 
 def test_filter_preview(tmp_path):
     root = make_set(tmp_path / "set", n=1)
-    img = filter_preview(root, n=3)
+    img = filter_preview(load_testset(root), n=3)
     assert img.mode == "RGB" and img.height > 3 * 160 and img.width > 4 * 128
+
+
+def test_two_photo_sets_evaluated_into_one_run_keep_both_results(tiny_run, tmp_path, capsys):
+    phone, web = make_set(tmp_path / "phone photos", n=1, extra=False), make_set(tmp_path / "web", n=2, extra=False)
+    assert main(["evaluate", str(tiny_run), "--testset", str(phone)]) == 0
+    assert main(["evaluate", str(tiny_run), "--testset", str(web)]) == 0
+    assert main(["evaluate", str(tiny_run), "--testset", str(web), "--filtered"]) == 0
+    eval_dir = tiny_run / "eval"
+    assert json.loads((eval_dir / "phone_photos.json").read_text())["n"] == 10  # the folder name, made file-safe
+    assert json.loads((eval_dir / "web.json").read_text())["n"] == 20
+    assert json.loads((eval_dir / "web_filtered.json").read_text())["filtered"] is True
+    for name in ("phone_photos", "web", "web_filtered"):
+        assert all(f.is_file() for f in output_files(tiny_run, name))
+    assert main(["evaluate", str(tiny_run), "--testset", str(web), "--name", "../x"]) == 2
+    assert main(["evaluate", str(tiny_run), "--testset", str(web), "--name", "robustness"]) == 2
+    assert main(["evaluate", str(tiny_run), "--name", "web"]) == 2  # no photo set to name
+    err = capsys.readouterr().err
+    assert err.count("\n") == 3 and err.count("error: --name") == 3, err
+    assert not (tmp_path / "x.json").exists() and not (tiny_run / "x.json").exists()
+
+
+def test_testset_name():
+    assert photo_set_name("/photos/realworld", False) == "realworld"
+    assert photo_set_name("/photos/realworld/", True) == "realworld_filtered"
+    assert photo_set_name("/photos/My Photos (2024)", False) == "My_Photos_2024"
+    assert photo_set_name("/photos/validation", False) == "validation_photos"  # never overwrites validation.json
+    assert photo_set_name("/photos/realworld", True, "test_filtered") == "test_filtered"
+    with pytest.raises(UserError):
+        photo_set_name("/photos/realworld", False, "a/b")
 
 
 def test_cli_evaluate_testset(tiny_run, tmp_path, capsys, monkeypatch):
     root = make_set(tmp_path / "set")
     assert main(["evaluate", str(tiny_run), "--testset", str(root), "--filtered", "--fit", "pad"]) == 0
     out = capsys.readouterr().out
-    assert "test_filtered accuracy" in out and "1 skipped" in out and "cat/broken.jpg" in out and "airplane" in out
-    assert json.loads((tiny_run / "eval" / "test_filtered.json").read_text())["fit"] == "pad"
+    assert "set_filtered accuracy" in out and "1 skipped" in out and "cat/broken.jpg" in out and "airplane" in out
+    assert json.loads((tiny_run / "eval" / "set_filtered.json").read_text())["fit"] == "pad"
     monkeypatch.setenv("CIFARLAB_TESTSET", str(root))  # the default test set; no CIFAR-10 is read
-    assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "no-cifar-here")]) == 0
+    assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "no-cifar-here"), "--name", "test"]) == 0
     assert "test accuracy" in capsys.readouterr().out
+    assert json.loads((tiny_run / "eval" / "test.json").read_text())["testset"] == str(root)  # as reproduce names it
     assert main(["evaluate", str(tiny_run), "--testset", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err

@@ -4,33 +4,11 @@ import json
 import pytest
 import torch
 
-from cifarlab import CLASSES
-from cifarlab.config import resolve_config
-from cifarlab.data import Cifar10
 from cifarlab.io import load_checkpoint
 from cifarlab.models import create_model
 from cifarlab.train import fit
 from cifarlab.train.loop import l2_penalty
-
-
-def toy_data(n_train=200, n_val=100, seed=0) -> Cifar10:
-    """Learnable toy set: each class is a distinct mean colour plus noise."""
-    g = torch.Generator().manual_seed(seed)
-
-    def make(n):
-        y = torch.arange(n) % 10
-        base = (torch.arange(10).float() * 25).view(10, 1, 1, 1).expand(10, 3, 32, 32).clone()
-        base[:, 1] = 255 - base[:, 1]
-        x = base[y] + torch.randn(n, 3, 32, 32, generator=g) * 20
-        return x.clamp(0, 255).to(torch.uint8), y
-
-    tx, ty = make(n_train)
-    vx, vy = make(n_val)
-    return Cifar10(tx, ty, vx, vy, CLASSES, "toy")
-
-
-def quick_cfg(preset="imp1", *sets, epochs=2):
-    return resolve_config(preset, ["batch_size=32", "eval_batch_size=64", *sets], epochs=epochs)
+from testdata import quick_cfg, toy_data
 
 
 def test_l2_penalty_is_keras_sum_of_squares():

@@ -10,7 +10,7 @@ from cifarlab.models import create_model
 from cifarlab.models.transfer import TransferNet
 from cifarlab.train import fit
 
-from test_train import toy_data
+from testdata import toy_data
 
 SMALL = ["alpha=0.25", "input_size=32", "weights=null", "batch_size=32", "eval_batch_size=64"]
 
@@ -85,10 +85,9 @@ def test_mnet2_v2_preset_with_the_real_v2_classifier_file(tmp_path, capsys):
     assert "classifier" in capsys.readouterr().err
 
 
-def test_cli_bad_weights_is_one_line_exit_2(tiny_tree, tmp_path, capsys, monkeypatch):
+def test_cli_bad_weights_is_one_line_exit_2(tiny_tree, tmp_path, capsys):
     from cifarlab.cli import main
 
-    monkeypatch.setenv("CIFARLAB_HOME", str(tmp_path / "cache"))
     bad = tmp_path / "w.tflite"
     bad.write_bytes(b"not a flatbuffer at all")
     rc = main(["train", "--preset", "mnet1", "--weights", str(bad), "--out", str(tmp_path / "run"),

@@ -18,8 +18,7 @@ from cifarlab.models.weights import load_weights
 from cifarlab.train import fit
 from cifarlab.viz import Photos, Probe, activations, attribution, filters, render
 
-from testdata import SHARED_DATA, skip_if_missing
-from test_train import quick_cfg, toy_data
+from testdata import SHARED_DATA, quick_cfg, skip_if_missing, toy_data
 
 V1_TFLITE = SHARED_DATA / "pretrained" / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 REAL = SHARED_DATA / "realworld"
@@ -284,7 +283,8 @@ def test_list_layers(mnet_run, capsys):
 def test_study_figures_and_report_appendices(imp_run, photos_dir, tmp_path):
     from cifarlab.data.testset import load_testset
     from cifarlab.report import write_report
-    from cifarlab.viz import from_testset, load_probe, study_figures
+    from cifarlab.reproduce import study_figures
+    from cifarlab.viz import from_testset, load_probe
 
     run = tmp_path / "imp1"
     shutil.copytree(imp_run, run)

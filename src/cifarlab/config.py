@@ -37,6 +37,7 @@ class Augment:
 @dataclass
 class Config:
     preset: str = ""
+    extends: str = ""  # the preset this one changes (its root: the study's row, e.g. imp2 for imp2-laptop)
     description: str = ""
     model: str = "imp"
     epochs: int = 10
@@ -72,6 +73,9 @@ class Config:
     head: str = "avg"  # avg (global average pooling) | flatten, before dropout + dense
     dropout: float = 0.0  # before the new dense layer
     cache_features: bool = True  # without augmentation, run the frozen part once and reuse its output
+    # with augmentation: 0 = through the whole backbone on the fly (every epoch); K > 0 = K augmented views
+    # of each image embedded once up to the last backbone unit (train/viewcache.py), one shown per epoch
+    aug_views: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,17 +97,27 @@ _AMP = ("auto", "bf16", "off")
 _TRAINABLE = ("head", "last_conv", "all")
 _HEADS = ("avg", "flatten")
 _FILLS = ("nearest", "constant", "reflect")
+# The names in cifarlab.models' registry, spelled here so that checking a config needs no torch and no
+# import from a higher layer; tests/test_architecture.py keeps the two equal.
+MODELS = ("base", "fast", "fast_small", "imp", "mobilenet_v1", "mobilenet_v2")
 
 
 def list_presets() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("cifarlab.presets").iterdir() if p.name.endswith(".yaml"))
 
 
-def load_preset(name: str) -> dict[str, Any]:
+def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's keys; `extends: other` starts from another preset's (which then names the study's row)."""
     path = resources.files("cifarlab.presets") / f"{name}.yaml"
     if not path.is_file():
         raise UserError(f"unknown preset '{name}' (known: {', '.join(list_presets())}){_suggest(name, list_presets())}")
     raw = yaml.safe_load(path.read_text()) or {}
+    parent = raw.get("extends")
+    if parent:
+        if parent in _seen + (name,):
+            raise UserError(f"preset '{name}': 'extends' loops back to '{parent}'")
+        base = load_preset(parent, _seen + (name,))
+        raw = merge({k: v for k, v in base.items() if k != "preset"}, {**raw, "extends": base.get("extends") or parent})
     raw.setdefault("preset", name)
     return raw
 
@@ -272,15 +286,14 @@ def _check_ranges(cfg: Config) -> None:
          f"config key 'augment.zoom' must be [low, high] with 0 < low <= high, got {a.zoom}")
     need(0 <= a.translate <= 8, f"config key 'augment.translate' must be in [0, 8] pixels, got {a.translate}")
     _choice("augment.fill", a.fill, _FILLS)
+    need(0 <= cfg.aug_views <= 64, f"config key 'aug_views' must be in [0, 64], got {cfg.aug_views}")
     need(0 <= cfg.dropout < 1, f"config key 'dropout' must be in [0, 1), got {cfg.dropout}")
     need(0 < cfg.alpha <= 4, f"config key 'alpha' must be in (0, 4], got {cfg.alpha}")
     need(8 <= cfg.input_size <= 1024, f"config key 'input_size' must be in [8, 1024], got {cfg.input_size}")
     _choice("trainable", cfg.trainable, _TRAINABLE)
     _choice("head", cfg.head, _HEADS)
-    from cifarlab.models import list_models  # late: models import torch, config should not need it to load
-
-    need(cfg.model in list_models(), f"config key 'model': unknown model '{cfg.model}' "
-         f"(known: {', '.join(list_models())}){_suggest(cfg.model, list_models())}")
+    need(cfg.model in MODELS, f"config key 'model': unknown model '{cfg.model}' "
+         f"(known: {', '.join(MODELS)}){_suggest(cfg.model, list(MODELS))}")
     if not is_transfer(cfg):
         for key, default in (("weights", None), ("trainable", "all"), ("input_size", 32)):
             need(getattr(cfg, key) == default, f"config key '{key}' applies to mobilenet_* models only, not '{cfg.model}'")

@@ -8,7 +8,9 @@ import http.client
 import io
 import json
 import os
+import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,6 +33,49 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+STALE_PART_AGE = 3600.0  # seconds; a writer on another machine sharing the folder has a PID meaningless here
+_PART = re.compile(r"\..+\.(?P<pid>\d+)\.part")  # .NAME.PID.part, as atomic_write and download name them
+
+
+def sweep_stale_parts(folder: Path, min_age: float = STALE_PART_AGE) -> list[Path]:
+    """Remove the half-written `.NAME.PID.part` files in folder of writers that died (kill -9, power cut):
+    only a file whose PID is no live process here and that was last written min_age seconds ago or
+    earlier, never a live writer's. Best effort (a read-only folder, a race with another sweeper): returns
+    what it removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        m = _PART.fullmatch(e.name)
+        if m is None or _pid_alive(int(m["pid"])):
+            continue
+        try:
+            if now - e.stat(follow_symlinks=False).st_mtime < min_age:
+                continue
+            os.unlink(e.path)
+        except OSError:
+            continue
+        removed.append(Path(e.path))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would terminate the process: assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OverflowError:  # no process can have this PID
+        return False
+    except OSError:  # PermissionError: alive, owned by another user
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -91,6 +136,7 @@ def download(url: str, dest: Path, what: str, hint: str, md5: str | None = None,
     part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_parts(dest.parent)  # an earlier download killed midway
         if progress:
             print(f"downloading {what} from {url} to {dest}", file=sys.stderr)
         digest, n = hashlib.md5(), 0

@@ -1,165 +1,288 @@
 """The whole study from one call: train BASE, IMP1, IMP2, MNET1 and MNET2, evaluate each on the
-validation set and on a real-photo test set (unfiltered and blurred), write Table 2 and the report.
+validation set and on a real-photo test set (unfiltered and blurred), then the study-only stages
+(robustness sweeps, the Appendix A/B/C figures), Table 2 and the report.
 
 Runs live in OUT/runs/<profile>/<preset>-seed<k>; a finished run is reused, an interrupted one
-resumes, so the command can be stopped and started again at any point.
+resumes, and a stage's result is redone only when it is stale (`RunDir.is_stale`), so the command can
+be stopped and started again at any point. The test set is loaded once and handed to every stage.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-from cifarlab.config import Config, load_config, resolve_config
+from cifarlab.config import resolve_config
+from cifarlab.data.augment import augment_config
 from cifarlab.errors import UserError
-from cifarlab.train.loop import augment_config
+from cifarlab.profiles import Job, auto_profile, default_jobs, estimate_plan, get_profile, plan, plan_yaml
+from cifarlab.rundir import RunDir
 from cifarlab.train.progress import fmt_time
 
-PRESETS = ("base", "imp1", "imp2", "mnet1", "mnet2")
-
-# The quick profile: class-balanced training subsets and short schedules that finish in well under
-# 30 minutes on a 2-vCPU machine. MNETs train without augmentation here, so the frozen backbone runs
-# once per image instead of once per image per epoch (the study trained them with augmentation).
-QUICK = {
-    "base": ["train_subset=10000", "epochs=4", "lr_drops=[[3, 0.1]]"],
-    "imp1": ["train_subset=15000", "epochs=10", "lr_drops=[[7, 0.1]]"],
-    "imp2": ["train_subset=15000", "epochs=10", "lr_drops=[[7, 0.1]]"],
-    "mnet1": ["train_subset=10000", "epochs=5", "augment=null"],
-    "mnet2": ["train_subset=10000", "epochs=8", "lr_drops=[[6, 0.1]]", "augment=null"],
-}
-QUICK_NOTE = ("Quick profile: class-balanced training subsets and short schedules (MNETs without "
-              "augmentation), so accuracies sit below what the full presets reach. Run with --profile full "
-              "for the study's settings.")
-
-ROBUSTNESS_LIMIT = {"quick": 500, "full": 2000}  # validation images per corruption setting
-
-# Training images/s on the 2-vCPU dev machine (benchmarks/RESULTS.md); only used for the overall ETA.
-# The frozen MobileNet figure is what full-data embedding runs achieved (60k images in 370-400 s).
-_SPEED = {"base": 630.0, "imp": 635.0, "frozen_mobilenet": 150.0}
-
-
-@dataclass
-class Job:
-    preset: str
-    seed: int
-    run_dir: Path
-    cfg: Config
-
-
-def plan(out: Path, profile: str, seeds: int, weights: str | None,
-         overrides: dict[str, list[str]] | None = None) -> list[Job]:
-    """The runs to do. `overrides` adds `--set`-style values per preset (e.g. tiny runs in tests)."""
-    if profile not in ("quick", "full"):
-        raise UserError(f"--profile must be quick or full, got '{profile}'")
-    if seeds < 1:
-        raise UserError(f"--seeds must be positive, got {seeds}")
-    jobs = []
-    for preset in PRESETS:
-        for seed in range(seeds):
-            sets = (QUICK[preset] if profile == "quick" else []) + (overrides or {}).get(preset, []) + [f"seed={seed}"]
-            cfg = resolve_config(preset, sets, weights=weights if preset.startswith("mnet") else None)
-            jobs.append(Job(preset, seed, Path(out) / "runs" / profile / f"{preset}-seed{seed}", cfg))
-    return jobs
-
-
-def estimate_seconds(cfg: Config, n_val: int = 10_000) -> float:
-    """A rough cost model: training images, a validation pass per epoch (inference measured at about
-    2x training speed for BASE/IMP), and the final evaluation, at measured speeds."""
-    n = cfg.train_subset or 50_000
-    if cfg.model.startswith("mobilenet"):
-        final_eval = n_val / _SPEED["frozen_mobilenet"]  # the full model on images, once
-        if not augment_config(cfg).enabled:
-            return (n + n_val) / _SPEED["frozen_mobilenet"] + final_eval  # embedded once, the tail is cheap
-        return cfg.epochs * (n + n_val) / _SPEED["frozen_mobilenet"] + final_eval
-    speed = _SPEED[cfg.model]
-    return cfg.epochs * (n / speed + n_val / (2 * speed)) + n_val / (2 * speed)
-
-
-def is_finished(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / "metrics.json").read_text()).get("finished", False)
-    except (OSError, ValueError):
-        return False
-
-
-def _stale(eval_json: Path, run_dir: Path) -> bool:
-    return not eval_json.is_file() or eval_json.stat().st_mtime < (run_dir / "last.pt").stat().st_mtime
-
-
-def reproduce(data: str | None, testset: str | None, out: Path, profile: str = "quick", seeds: int = 1,
-              weights: str | None = None, quiet: bool = False,
-              overrides: dict[str, list[str]] | None = None) -> Path:
-    """Train, evaluate, tabulate and report; returns the report's index.html."""
-    import torch
-
-    from cifarlab.data import load_cifar10
-    from cifarlab.data.augment import preview_grid
-    from cifarlab.data.testset import load_testset
-    from cifarlab.evaluate import evaluate_run
-    from cifarlab.evaluate.compare import table2_rows, write_table2
-    from cifarlab.evaluate.robustness import study_robustness
-    from cifarlab.evaluate.testset import evaluate_testset, filter_preview
-    from cifarlab.io import atomic_write
-    from cifarlab.report import write_report
-    from cifarlab.train import fit
-    from cifarlab.viz import study_figures_all
-
-    out = Path(out)
-    jobs = plan(out, profile, seeds, weights, overrides)
+def reproduce(data: str | None, testset: str | None, out: Path, profile: str | None = None, seeds: int = 1,
+              weights: str | None = None, quiet: bool = False, overrides: dict[str, list[str]] | None = None,
+              jobs: int | None = None, dry_run: bool = False) -> Path | None:
+    """Plan, check every input, train (`jobs` runs at a time), evaluate, tabulate and report; returns the
+    report's index.html (None for a dry run, which only prints the plan)."""
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    cifar = load_cifar10(data, progress=not quiet)  # bad data fails here, before any run starts
+    if profile is None:
+        profile, why = auto_profile()
+        say(f"profile: {profile} ({why}; choose with --profile study|laptop|quick)")
+    prof = get_profile(profile)
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs must be positive, got {jobs}")
+    n_lanes = jobs or default_jobs()
+    out = Path(out)
+    plan_jobs = plan(out, profile, seeds, weights, overrides)
+    seconds = estimate_plan(plan_jobs, prof.robustness_limit)
+    if dry_run:
+        print(plan_yaml(plan_jobs, seconds, profile, n_lanes))
+        return None
+    cifar, tests = _check_inputs(plan_jobs, data, testset, quiet, say)  # seconds, not hours, before a failure
+    todo = [i for i, j in enumerate(plan_jobs) if not RunDir(j.run_dir).is_finished()]
+    lanes = min(n_lanes, len(todo)) or 1
+    eta = _wall_seconds(plan_jobs, seconds, todo, lanes)
+    say(f"{prof.name} profile: {len(plan_jobs)} runs ({len(plan_jobs) - len(todo)} finished), {lanes} at a time; "
+        f"ETA {fmt_time(eta)} with evaluation, robustness and figures (--dry-run prints the plan)")
+    t_start = time.perf_counter()
+    # each run's own stages; in lanes they follow its training in the same process
+    finish = [{"testset": testset, "limit": prof.robustness_limit, "figures": j.seed == 0} for j in plan_jobs]
+    train_stage(plan_jobs, todo, seconds, cifar, data, lanes, finish, quiet, say)
+    run_dirs = [j.run_dir for j in plan_jobs]
+    # the same stages for all runs at once (the photo sweep decodes the photos once); what lanes did is fresh
+    evaluate_stage(run_dirs, cifar, tests, say)
+    study_robustness(run_dirs, cifar, tests.get("test"), out / "robustness", prof.robustness_limit, say)
+    study_figures_all(run_dirs, tests.get("test"), cifar, say)  # Appendix A/B/C figures into each RUN_DIR/viz/
+    index = report_stage(run_dirs, cifar, tests, testset, out, prof, say)
+    say(f"report: {index} (total {fmt_time(time.perf_counter() - t_start)}, estimated {fmt_time(eta)})")
+    return index
+
+
+def _check_inputs(jobs: list[Job], data: str | None, testset: str | None, quiet: bool,
+                  say: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """Everything a profile needs, resolved before the first run starts: the data, the photo test set and
+    the MobileNet weights (read, or downloaded, now: offline without --weights fails here, in seconds)."""
+    from cifarlab.data import load_cifar10
+    from cifarlab.data.testset import load_testset
+    from cifarlab.models import create_model
+    from cifarlab.models.weights import load_weights
+
+    cifar = load_cifar10(data, progress=not quiet)
+    for spec in sorted({(j.cfg.model, j.cfg.alpha, j.cfg.weights, j.cfg.input_size) for j in jobs if j.cfg.weights},
+                       key=str):
+        model, alpha, source, size = spec
+        try:
+            load_weights(create_model(model, alpha=alpha), source, input_size=size)
+        except UserError as e:
+            raise UserError(f"{e} (MobileNet weights for MNET1/MNET2: pass --weights FILE)") from None
     tests = {}
     if testset:
         tests = {"test": load_testset(testset, filtered=False), "test_filtered": load_testset(testset, filtered=True)}
         say(f"test set {testset}: {len(tests['test'].y)} photos, {len(tests['test'].skipped)} skipped")
     else:
         say("no test set (--testset or $CIFARLAB_TESTSET): Table 2's test columns will say so")
+    return cifar, tests
 
-    estimates = [estimate_seconds(j.cfg) for j in jobs]
-    t_start, spent_estimate = time.perf_counter(), 0.0
-    for i, (job, est) in enumerate(zip(jobs, estimates), 1):
-        elapsed = time.perf_counter() - t_start
-        pace = elapsed / spent_estimate if spent_estimate else 1.0
-        eta = pace * sum(estimates[i - 1:])
-        name = f"[{i}/{len(jobs)}] {job.preset} seed {job.seed}"
-        if is_finished(job.run_dir):
-            say(f"{name}: finished run found in {job.run_dir}, reusing it")
-        else:
-            resume = (job.run_dir / "config.yaml").is_file()
-            say(f"{name}: {'resuming' if resume else 'training'} (about {fmt_time(pace * est)} for this run, "
-                f"{fmt_time(eta)} overall)")
-            cfg = load_config(job.run_dir / "config.yaml") if resume else job.cfg
-            fit(cfg, cifar, job.run_dir, resume=resume, quiet=quiet)
-            spent_estimate += est
-        if _stale(job.run_dir / "eval" / "validation.json", job.run_dir):
-            say(f"{name}: evaluating on the validation set")
-            evaluate_run(job.run_dir, cifar.val_x, cifar.val_y, "validation")
+
+def _wall_seconds(jobs: list[Job], seconds: list[float], todo: list[int], lanes: int) -> float:
+    """Training + evaluation time still to come with `lanes` runs at a time (finished runs cost their
+    evaluation only, which is then redone only if stale: an upper bound)."""
+    from cifarlab.lanes import assign, view_chains
+
+    cost = [seconds[i] if i in todo else 0.0 for i in range(len(jobs))]
+    chains = view_chains([j.cfg for j in jobs])
+    return max(sum(cost[i] for i in lane) for lane in assign(chains, cost, lanes))
+
+
+def train_stage(jobs: list[Job], todo: list[int], seconds: list[float], cifar: Any, data: str | None, lanes: int,
+                finish: list[dict], quiet: bool, say: Callable[[str], None]) -> None:
+    """Train the unfinished runs: in this process one after another, or in `lanes` processes at once
+    (each then also does its run's `finish_run` stages)."""
+    from cifarlab.lanes import train_in_lanes
+    from cifarlab.train import fit
+
+    for i, job in enumerate(jobs):
+        if i not in todo:
+            say(f"{job.run_dir.name}: finished run found in {job.run_dir}, reusing it")
+    if lanes > 1:
+        runs = [(jobs[i].run_dir, RunDir(jobs[i].run_dir).load_config() if RunDir(jobs[i].run_dir).config.is_file()
+                 else jobs[i].cfg) for i in todo]
+        train_in_lanes(runs, [seconds[i] for i in todo], data, lanes, say, finish=[finish[i] for i in todo])
+        return
+    for i in todo:
+        job, rd = jobs[i], RunDir(jobs[i].run_dir)
+        resume = rd.config.is_file()
+        say(f"{job.run_dir.name}: {'resuming' if resume else 'training'} (about {fmt_time(seconds[i])})")
+        fit(rd.load_config() if resume else job.cfg, cifar, job.run_dir, resume=resume, quiet=quiet)
+
+
+def finish_run(run: Path, cifar: Any, *, tests: dict[str, Any] | None = None, testset: str | None = None,
+               limit: int | None = None, figures: bool = True, say: Callable[[str], None] = print) -> None:
+    """One run's stages after training, each only if stale: validation and photo-set results, its
+    robustness results (pooled across runs later), its Appendix figures. `tests`: the loaded photo sets,
+    or `testset`, a folder to load them from (in a lane's process)."""
+    from cifarlab.data.testset import load_testset
+
+    if tests is None:
+        tests = {"test": load_testset(testset, filtered=False),
+                 "test_filtered": load_testset(testset, filtered=True)} if testset else {}
+    evaluate_stage([run], cifar, tests, say)
+    robustness_runs([run], cifar, tests.get("test"), limit, say)
+    if figures:
+        study_figures_all([run], tests.get("test"), cifar, say)  # Appendix A/B/C figures into RUN_DIR/viz/
+
+
+def evaluate_stage(run_dirs: list[Path], cifar: Any, tests: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Validation and photo-set results for every run whose result is stale."""
+    from cifarlab.evaluate import evaluate_run
+    from cifarlab.evaluate.testset import evaluate_testset
+
+    for run in run_dirs:
+        rd = RunDir(run)
+        if rd.is_stale(rd.eval_json("validation")):
+            say(f"{run.name}: evaluating on the validation set")
+            evaluate_run(run, cifar.val_x, cifar.val_y, "validation")
         for set_name, ts in tests.items():
-            if _stale(job.run_dir / "eval" / f"{set_name}.json", job.run_dir):
-                say(f"{name}: evaluating on {set_name}")
-                evaluate_testset(job.run_dir, ts, set_name)
+            if rd.is_stale(rd.eval_json(set_name)):
+                say(f"{run.name}: evaluating on {set_name}")
+                evaluate_testset(run, ts, set_name)
 
-    run_dirs = [j.run_dir for j in jobs]
-    # robustness on a class-balanced validation subset: cheap enough for the quick profile
-    study_robustness(run_dirs, cifar, testset, out / "robustness", ROBUSTNESS_LIMIT[profile], say)
-    study_figures_all(run_dirs, tests.get("test"), cifar, say)  # Appendix A/B/C figures into each RUN_DIR/viz/
+
+def report_stage(run_dirs: list[Path], cifar: Any, tests: dict[str, Any], testset: str | None, out: Path,
+                 prof: Any, say: Callable[[str], None]) -> Path:
+    """Table 2, the augmentation and filter previews, and the HTML report."""
+    import torch
+
+    from cifarlab.data.augment import preview_grid
+    from cifarlab.evaluate.compare import table2_rows, write_table2
+    from cifarlab.evaluate.testset import filter_preview
+    from cifarlab.io import atomic_write
+    from cifarlab.report import write_report
+
     rows = table2_rows(run_dirs)
-    md, _ = write_table2(rows, out, no_test=not testset)
+    md, _ = write_table2(rows, out, no_test=not tests)
     say(md.read_text())
     extra = {"augment_preview": out / "augment_preview.png"}
     first = torch.stack([torch.nonzero(cifar.val_y == c)[0, 0] for c in range(10)])  # one image per class
     grid = preview_grid(cifar.val_x[first], augment_config(resolve_config("imp2")), n_aug=8)
     atomic_write(extra["augment_preview"], lambda f: grid.save(f, format="PNG"))
-    if testset:
+    if tests:
         preview = out / "filter_preview.png"
-        atomic_write(preview, lambda f: filter_preview(testset).save(f, format="PNG"))
+        atomic_write(preview, lambda f: filter_preview(tests["test"]).save(f, format="PNG"))
         extra["filter_preview"] = preview
-    notes = [QUICK_NOTE] if profile == "quick" else []
-    notes.append(f"Data: {cifar.source}. Test set: {testset or 'none'}.")
-    index = write_report(run_dirs, out / "report", table2=rows, notes=notes, extra_images=extra,
-                         title=f"cifarlab: the study reproduced ({profile} profile)")
-    say(f"report: {index} (total {fmt_time(time.perf_counter() - t_start)})")
-    return index
+    notes = [prof.note, f"Data: {cifar.source}. Test set: {testset or 'none'}."]
+    return write_report(run_dirs, out / "report", table2=rows, notes=notes, extra_images=extra,
+                        title=f"cifarlab: the study reproduced ({prof.name} profile)")
+
+
+# ---------------------------------------------------------------- study-only stages
+
+def study_robustness(run_dirs: list[Path], cifar: Any, testset: Any, out: Path, limit: int | None,
+                     say: Callable[[str], None]) -> list[Path]:
+    """Every corruption on a validation subset, the blur sweep on the test photos (a loaded TestSet, or
+    None) and calibration, for runs whose eval/robustness.json is stale; then the cross-run tables and
+    figures in out/."""
+    from cifarlab.evaluate.robustness import load_results, write_outputs
+    from cifarlab.report.robustness_figures import write_figures
+
+    robustness_runs(run_dirs, cifar, testset, limit, say)
+    results = [r for r in map(load_results, run_dirs) if r]
+    return write_outputs(results, out) + write_figures(results, out)
+
+
+def robustness_runs(run_dirs: list[Path], cifar: Any, testset: Any, limit: int | None,
+                    say: Callable[[str], None]) -> None:
+    """Each run's robustness results (RUN_DIR/eval/robustness.json), for runs whose results are stale."""
+    from cifarlab.data.corruptions import CORRUPTIONS
+    from cifarlab.evaluate.robustness import RESULT, run_robustness
+
+    stale = [Path(r) for r in run_dirs if RunDir(r).is_stale(RunDir(r).eval_json(RESULT))]
+    if stale:
+        say(f"robustness: {len(stale)} run(s), {limit or 'all'} validation images")
+        run_robustness(stale, val_x=cifar.val_x, val_y=cifar.val_y, data_source=cifar.source, testset=testset,
+                       corruptions=list(CORRUPTIONS), limit=limit, say=say)
+
+
+STUDY_KINDS = ("occlusion", "gradcam", "gradcam++")  # Score-CAM costs a forward pass per channel: CLI only
+STUDY_EXAMPLES = ("truck", "airplane")  # the study's Appendix A photos
+STUDY_MAX_WRONG = 8
+
+
+def study_figures(run_dir: str | Path, photos: Any, *, steps: int = 40, quiet: bool = False) -> list[Path]:
+    """The report's figures for one run, in RUN_DIR/viz/: activations of two example photos (a truck
+    and an airplane, as in the study), filter images (few channels and steps: seconds), and occlusion
+    and CAM sheets of up to 8 misclassified photos (`photos`: viz.Photos). Skipped when not stale."""
+    import torch
+
+    from cifarlab import CLASSES
+    from cifarlab.viz import load_probe, output_name, render, sheet
+
+    rd = RunDir(run_dir)
+    viz = rd.viz_dir
+    names = ["activations.png", "filters.png"] + [output_name(k) for k in STUDY_KINDS]
+    if not rd.last.is_file():
+        raise UserError(f"{rd.path}: not a trained run directory (no last.pt)")
+    if not any(rd.is_stale(viz / n) for n in names[:2]):
+        return []
+    viz.mkdir(exist_ok=True)
+    probe = load_probe(rd.path)
+    written = []
+    examples = [next((i for i, y in enumerate(photos.labels) if y == CLASSES.index(c)), None) for c in STUDY_EXAMPLES]
+    examples = [i for i in examples if i is not None] or [0]
+    written.append(sheet.save_png(render([probe], "activations", photos.take(examples)), viz / names[0]))
+    tried = 8 if probe.input_size > 32 else 16  # a MobileNet step costs ~15x an IMP step
+    written.append(sheet.save_png(render([probe], "filters", channels=tried, keep=8, steps=steps), viz / names[1]))
+    with torch.no_grad():
+        pred = torch.cat([probe.probs(probe.to_input(x)).argmax(1) for x in photos.x.split(64)])
+    wrong = [i for i, (p, y) in enumerate(zip(pred.tolist(), photos.labels)) if y is not None and p != y]
+    if len(wrong) > STUDY_MAX_WRONG:  # spread over the classes rather than the first class folder's
+        wrong = [wrong[round(j * (len(wrong) - 1) / (STUDY_MAX_WRONG - 1))] for j in range(STUDY_MAX_WRONG)]
+    for kind, name in zip(STUDY_KINDS, names[2:]):
+        if wrong:
+            patch = max(2, probe.input_size // 8)  # non-overlapping patches: 64 forward passes, not 225
+            opts = {"patch": patch, "stride": patch} if kind == "occlusion" else {}
+            written.append(sheet.save_png(render([probe], kind, photos.take(wrong), **opts), viz / name))
+        else:
+            (viz / name).unlink(missing_ok=True)  # an older model's misclassifications no longer apply
+    if not quiet:
+        print(f"{rd.path}: wrote {len(written)} figures to {viz} ({len(wrong)} misclassified shown)", file=sys.stderr)
+    return written
+
+
+def study_figures_all(run_dirs: list[Path], testset: Any = None, cifar: Any = None,
+                      say: Callable[[str], None] = print) -> None:
+    """`study_figures` for the first run of each preset (seeds add nothing to the pictures), on the test
+    photos (a loaded TestSet), or without a test set on the first 500 CIFAR-10 validation images."""
+    import torch
+
+    from cifarlab.viz import Photos, from_testset
+
+    if testset is not None:
+        photos = from_testset(testset)
+    elif cifar is not None:
+        n = min(500, len(cifar.val_y))
+        photos = Photos(cifar.val_x[:n].cpu(), cifar.val_y[:n].tolist(), [f"val/{i:05d}" for i in range(n)])
+    else:
+        return
+    threads = torch.get_num_threads()
+    # Small batches of small images: thread barriers cost more than they save, many times more when
+    # another process keeps a core busy (measured on 2 cores: filter steps 5x slower with 2 threads).
+    torch.set_num_threads(1)
+    try:
+        _each_preset(run_dirs, photos, say)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _each_preset(run_dirs: list[Path], photos: Any, say: Callable[[str], None]) -> None:
+    seen: set[str] = set()
+    for run in map(Path, run_dirs):
+        preset = RunDir(run).load_config().preset or run.name
+        if preset in seen:
+            continue
+        seen.add(preset)
+        t = time.perf_counter()
+        if study_figures(run, photos, quiet=True):
+            say(f"{run}: visualisations in {RunDir(run).viz_dir} ({time.perf_counter() - t:.0f} s)")

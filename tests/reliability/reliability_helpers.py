@@ -13,14 +13,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def one_line_error(argv: list[str], capsys, code: int = 2) -> str:
-    """Run the CLI in-process; assert the exit code, no traceback, and an error that is one line; return it."""
+    """Run the CLI in-process; assert the exit code and that the whole of stderr is one error line (no
+    traceback, no warning or note before it); return that line."""
     rc = main([str(a) for a in argv])
     err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == code, err
-    assert "Traceback" not in err and len(lines) >= 1, err
-    assert lines[-1].startswith(("error:", "interrupted", "unexpected")), err
-    return lines[-1]
+    assert err.endswith("\n") and err.count("\n") == 1, f"stderr is not exactly one line:\n{err}"
+    assert err.startswith(("error:", "interrupted", "unexpected")), err
+    return err.rstrip("\n")
 
 
 def cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:

@@ -2,6 +2,9 @@
 arrays) and rebuilt with a one-line notice; a changed source invalidates its cache."""
 
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +13,16 @@ from PIL import Image
 
 from cifarlab.data import load_cifar10
 from cifarlab.data.testset import load_testset
+from cifarlab.io import STALE_PART_AGE, sweep_stale_parts
 from testdata import write_tree
+
+
+@pytest.fixture(autouse=True)
+def announce_every_decode(monkeypatch):
+    """These tests tell a decode from a cache hit by the "decoding" note, which small sources skip."""
+    from cifarlab.data import cifar as cifar_module
+
+    monkeypatch.setattr(cifar_module, "ANNOUNCE_BYTES", 0)
 
 
 def cifar(tree, cache):
@@ -82,3 +94,50 @@ def test_damaged_testset_cache_is_rebuilt(tmp_path, capsys):
     assert "SHA-256 mismatch" in capsys.readouterr().err and torch.equal(again.x, good.x)
     Image.new("RGB", (40, 30), (10, 200, 10)).save(root / "cat" / "a.png")
     assert load_testset(root, cache_dir=tmp_path / "cache").x[0, 1, 16, 16] > 150  # the new photo, not the cache
+
+
+def dead_pid() -> int:
+    """The PID of a child that has exited and been reaped (so no live process has it, barring reuse)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_part_files_are_swept_from_the_cache_but_not_a_live_writers(tmp_path):
+    tree, cache = write_tree(tmp_path / "tree", n_train=2, n_test=1), tmp_path / "cache"
+    cifar(tree, cache)
+    decoded = cache / "decoded"
+    dead = decoded / f".abc.npz.{dead_pid()}.part"
+    live = decoded / f".abc.npz.{os.getpid()}.part"  # this process is alive: as a writer mid-write
+    fresh = decoded / f".def.npz.{dead_pid()}.part"  # dead PID but written a moment ago
+    for f in (dead, live, fresh):
+        f.write_bytes(b"half")
+    hour_ago = time.time() - 2 * STALE_PART_AGE
+    os.utime(dead, (hour_ago, hour_ago))
+    os.utime(live, (hour_ago, hour_ago))
+    cifar(tree, cache)  # a cache read sweeps
+    assert not dead.exists() and live.exists() and fresh.exists()
+
+
+def test_sweep_rule(tmp_path):
+    old = time.time() - 2 * STALE_PART_AGE
+    names = {"dead": f".w.h5.{dead_pid()}.part", "mine": f".w.h5.{os.getpid()}.part",
+             "not_a_part": "w.h5", "no_pid": ".w.h5.part"}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (old, old))
+    assert sweep_stale_parts(tmp_path) == [tmp_path / names["dead"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in names.items() if k != "dead")
+    assert sweep_stale_parts(tmp_path / "missing") == []
+
+
+def test_a_run_directory_sweeps_dead_writers_parts_at_once(tmp_path):
+    from cifarlab.train.runctl import RunControl
+
+    dead, live = tmp_path / f".last.pt.{dead_pid()}.part", tmp_path / f".metrics.json.{os.getpid()}.part"
+    dead.write_bytes(b"half")
+    live.write_bytes(b"half")  # e.g. `cifarlab evaluate` of this run, mid-write, in this process
+    ctl = RunControl(tmp_path)
+    ctl.make_run_dir(tmp_path)  # holds the lock: no age needed
+    ctl.lock.release()
+    assert not dead.exists() and live.exists()

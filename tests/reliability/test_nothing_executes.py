@@ -78,18 +78,48 @@ def test_crafted_config_yaml(tmp_path, capsys):
     assert not marker.exists()
 
 
-def test_crafted_archive_member_cannot_escape(tmp_path, capsys):
-    """A zip naming ../../ paths is read in memory and never extracted: nothing lands outside."""
+def tree_of(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_crafted_archive_members_are_ignored_and_nothing_lands_outside(tmp_path, monkeypatch, kind):
+    """Members named ../x, a/../../x or /abs/x, and tar links to outside files, are never read as images
+    (or written anywhere): the archive is read in memory, and such names are dropped, not normalised
+    into the tree (an a/../x that counted would add images the tree does not list)."""
+    import io
+    import tarfile
     import zipfile
 
-    tree = write_tree(tmp_path / "tree", n_train=1, n_test=1)
-    z = tmp_path / "data.zip"
-    with zipfile.ZipFile(z, "w") as zf:
-        for p in tree.rglob("*.png"):
-            zf.write(p, p.relative_to(tmp_path).as_posix())
-        zf.writestr("../../escaped.txt", "x")
+    tree = write_tree(tmp_path / "src" / "cifar", n_train=1, n_test=1)
+    png = (tree / "test" / "cat" / "0.png").read_bytes()
+    evil = {"../../escaped.png": png, "cifar/train/cat/../../test/cat/extra.png": png,
+            "/abs/cifar/test/cat/abs.png": png, "cifar/../../up.png": png}
+    z = tmp_path / f"data.{'zip' if kind == 'zip' else 'tar'}"
+    members = {p.relative_to(tree.parent).as_posix(): p.read_bytes() for p in tree.rglob("*.png")} | evil
+    if kind == "zip":
+        with zipfile.ZipFile(z, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(zipfile.ZipInfo(name), data)  # ZipInfo keeps the name as written, ../ and all
+    else:
+        with tarfile.open(z, "w") as tf:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            for name, linktype in (("cifar/test/dog/link.png", tarfile.SYMTYPE),
+                                   ("cifar/test/dog/hard.png", tarfile.LNKTYPE)):
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname = linktype, str(tree / "test" / "cat" / "0.png")
+                tf.addfile(info)
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)  # where a naive extractor would put ../../ names
+    before = tree_of(tmp_path)
     d = load_cifar10(z, cache_dir=tmp_path / "cache", progress=False)
-    assert len(d.train_y) == 10 and not (tmp_path.parent / "escaped.txt").exists()
+    assert len(d.train_y) == 10 and len(d.val_y) == 10  # exactly the tree: no crafted member counted
+    assert {p for p in tree_of(tmp_path) - before if not p.startswith("cache")} == set()
+    assert not (tmp_path / "escaped.png").exists() and not Path("/abs").exists()
 
 
 # ---------------------------------------------------------------- the rule, for code written later

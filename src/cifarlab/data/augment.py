@@ -34,6 +34,7 @@ Order as in `ImageDataGenerator.apply_transform`: affine warp, then channel shif
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cifarlab.config import Config
 from cifarlab.errors import UserError
 
 PADDING = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}
@@ -77,6 +79,12 @@ class AugmentConfig:
     @property
     def enabled(self) -> bool:
         return self.geometric or bool(self.channel_shift) or self.hflip or self.translate > 0
+
+
+def augment_config(cfg: Config) -> AugmentConfig:
+    """A run config's `augment` section as the AugmentConfig this module applies."""
+    a = dataclasses.asdict(cfg.augment)
+    return AugmentConfig(**{**a, "zoom": tuple(a["zoom"])})
 
 
 def sample_params(n: int, cfg: AugmentConfig, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:

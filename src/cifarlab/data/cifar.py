@@ -36,6 +36,7 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 TARBALL = "cifar-10-python.tar.gz"
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 _CACHE_VERSION = 2  # bump when the decoded layout changes
+ANNOUNCE_BYTES = 5_000_000  # sources this large take seconds to decode: say so before and after
 ARCHIVE_MEMBER_MAX = 512 << 20  # archives are read in memory: cap what a hostile one can claim
 ARCHIVE_TOTAL_MAX = 2 << 30
 _DATA_HINT = ("pass --data PATH (cifar-10-python.tar.gz, cifar-10-batches-py/, "
@@ -91,16 +92,19 @@ def load_cifar10(data: str | os.PathLike | None = None, cache_dir: Path | None =
         path = download_cifar10(path.parent, progress)
 
     listing = _list_folder(path) if path.is_dir() else None  # folders: find the files to key on
-    name, fingerprint = _cache_key(path, listing)
+    name, fingerprint, nbytes = _cache_key(path, listing)
     cache = cache_dir / "decoded" / f"{name}.npz"
     arrays = npzcache.load(cache, fingerprint, _valid, "decoded CIFAR-10", progress)
     if arrays is None:
         t0 = time.time()
-        if progress:
+        # only a decode long enough to wonder about is announced: a small source stays quiet, so a
+        # command that then fails on it (or on anything after it) prints its one error line alone
+        announce = progress and nbytes >= ANNOUNCE_BYTES
+        if announce:
             print(f"decoding CIFAR-10 from {path} (once; cached as {cache})", file=sys.stderr)
         arrays = _decode(path, listing)
         npzcache.save(cache, arrays, fingerprint, "decoded CIFAR-10", progress)
-        if progress:
+        if announce:
             n = len(arrays["train_y"]) + len(arrays["val_y"])
             print(f"decoded {n} images in {time.time() - t0:.1f} s", file=sys.stderr)
     t = {k: torch.from_numpy(arrays[k]) for k in ("train_x", "train_y", "val_x", "val_y")}
@@ -379,20 +383,22 @@ def _decode_image(name: str, v: bytes | Path) -> tuple[np.ndarray, bool]:
 
 # ---------------------------------------------------------------- cache
 
-def _cache_key(path: Path, listing: tuple[str, dict] | None) -> tuple[str, str]:
-    """(file name, fingerprint). One cache file per source path; the fingerprint holds the size, mtime
-    and inode of every file read (what changes when one is edited or replaced), never their contents."""
+def _cache_key(path: Path, listing: tuple[str, dict] | None) -> tuple[str, str, int]:
+    """(file name, fingerprint, bytes to read). One cache file per source path; the fingerprint holds the
+    size, mtime and inode of every file read (what changes when one is edited or replaced), never their
+    contents."""
     name = hashlib.sha256(f"cifarlab-cache-v{_CACHE_VERSION}\0{path.resolve()}".encode()).hexdigest()[:32]
-    h = hashlib.sha256(name.encode())
+    h, nbytes = hashlib.sha256(name.encode()), 0
     files = {"": path} if listing is None else listing[1]
     for rel, p in sorted(files.items()):
         if p is not None:
             try:
                 st = p.stat()
                 h.update(f"\0{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}".encode())
+                nbytes += st.st_size
             except OSError:  # broken link, loop: decoding reports it
                 h.update(f"\0{rel}\0?".encode())
-    return name, h.hexdigest()
+    return name, h.hexdigest(), nbytes
 
 
 def _valid(a: dict[str, np.ndarray]) -> bool:

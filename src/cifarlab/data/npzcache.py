@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from cifarlab.io import atomic_write
+from cifarlab.io import atomic_write, sweep_stale_parts
 
 _META = ("_fingerprint", "_sha256")
 
@@ -38,6 +38,7 @@ def load(path: Path, fingerprint: str, valid: Callable[[dict[str, np.ndarray]], 
          notify: bool = True) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None: absent, from another source state (rebuilt quietly), or
     unusable (deleted, rebuilt, with a one-line notice)."""
+    sweep_stale_parts(path.parent)  # .part files of a writer killed while saving this cache or a sibling
     if not path.is_file():
         return None
     try:

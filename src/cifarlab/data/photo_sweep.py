@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifarlab.data.testset import (UnreadablePhoto, blur_kernel_length, blur_kernel_size, blur_sigma,
+from cifarlab.data.testset import (TestSet, UnreadablePhoto, blur_kernel_length, blur_kernel_size, blur_sigma,
                                    gaussian_taps, list_testset, load_photo)
 from cifarlab.errors import UserError
 
@@ -137,14 +137,18 @@ class PhotoSweep:
     root: str = ""
 
 
-def photo_sweep(root: str | Path, resizes: tuple[str, ...] = RESIZES,
+def photo_sweep(testset: TestSet | str | Path, resizes: tuple[str, ...] = RESIZES,
                 levels: tuple[float, ...] = BLUR_LEVELS) -> PhotoSweep:
-    """Every photo under root/<class>/ at every (resize, blur level) and the study's rule."""
+    """Every photo of the test set (a folder root/<class>/, or a loaded TestSet: its readable photos,
+    not listed again) at every (resize, blur level) and the study's rule, from the full-size photo."""
     settings = [(r, lv) for r in resizes for lv in [*map(level_name, levels), "study"]]
     for r in resizes:
         resize_matrix(64, 32, r)  # bad names fail before any decoding
-    files = list_testset(root)
-    xs, ys, paths, skipped, fracs = [], [], [], [], []
+    if isinstance(testset, TestSet):
+        root, files, skipped = testset.root, list(zip(testset.paths, testset.y.tolist())), list(testset.skipped)
+    else:
+        root, files, skipped = testset, list_testset(testset), []
+    xs, ys, paths, fracs = [], [], [], []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small ops: thread barriers cost more than they save (10-100x on a busy machine)
     try:

@@ -11,9 +11,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from cifarlab.config import load_config
 from cifarlab.errors import UserError
 from cifarlab.io import write_csv, write_text
+from cifarlab.rundir import RunDir
 
 SETS = ("validation", "test", "test_filtered")
 # The study's Table 2 (accuracy, %): validation, test, test (filtered).
@@ -29,11 +29,12 @@ STUDY_TABLE2 = {
 def run_accuracies(run_dir: Path) -> dict[str, float | None]:
     """Accuracy per set from RUN_DIR/eval/<set>.json (None where that evaluation was not run);
     without eval/validation.json, validation is the final model's from metrics.json (the same model)."""
+    rd = RunDir(run_dir)
     out: dict[str, float | None] = {}
     for name in SETS:
-        path = Path(run_dir) / "eval" / f"{name}.json"
+        path = rd.eval_json(name)
         if name == "validation" and not path.is_file():
-            path = Path(run_dir) / "metrics.json"
+            path = rd.metrics
         try:
             report = json.loads(path.read_text()) if path.is_file() else {}
             out[name] = report.get("accuracy", report.get("val_accuracy"))
@@ -46,7 +47,7 @@ def table2_rows(run_dirs: list[Path]) -> list[dict[str, Any]]:
     """One row per preset: mean and std (over seeds) of each set's accuracy, in %, with the study's."""
     groups: dict[str, list[dict[str, float | None]]] = {}
     for run in run_dirs:
-        cfg = load_config(Path(run) / "config.yaml")
+        cfg = RunDir(run).load_config()
         groups.setdefault(cfg.preset or cfg.model, []).append(run_accuracies(run))
     rows = []
     for preset, accs in groups.items():

@@ -10,7 +10,7 @@
 4. Seeds: runs of one preset pool as mean ± std (the grouping of compare.table2_rows).
 
 The photos' blur/crop/resize is `cifarlab.data.photo_sweep`; pooling, tables and the verdict are
-`robustness_summary`; the figures are `cifarlab.report.robustness_figures`.
+`robustness_summary`; the figures are drawn from the results by `cifarlab.report.robustness_figures`.
 """
 
 from __future__ import annotations
@@ -30,17 +30,18 @@ from cifarlab import CLASSES
 from cifarlab.config import is_transfer
 from cifarlab.data.corruptions import SEVERITY, SHARPEN_AMOUNTS, SHARPEN_SIGMA, corrupt, sharpen
 from cifarlab.data.photo_sweep import RESIZES, PhotoSweep, photo_sweep
+from cifarlab.data.testset import TestSet
 from cifarlab.errors import UserError
 from cifarlab.evaluate.calibration import calibration_report
-from cifarlab.evaluate.metrics import load_run_model
 from cifarlab.evaluate.robustness_summary import (blur_verdict, corruption_rows, long_rows, markdown, pool,
                                                   summary_rows)
 from cifarlab.io import write_csv, write_json, write_text
-from cifarlab.train.loop import predict_logits
+from cifarlab.models.predict import predict_logits
+from cifarlab.rundir import RunDir
 
 SOURCE = ("Hendrycks & Dietterich, ICLR 2019; CIFAR parameters of github.com/hendrycks/robustness, "
           "ImageNet-C/create_c/make_cifar_c.py")
-RESULT_FILE = "robustness.json"
+RESULT = "robustness"  # RUN_DIR/eval/robustness.json
 
 
 # ---------------------------------------------------------------- subsets
@@ -82,9 +83,10 @@ class Model:
 def load_models(run_dirs: list[Path], checkpoint: str = "last") -> list[Model]:
     models = []
     for run in map(Path, run_dirs):
-        if not (run / f"{checkpoint}.pt").is_file():
+        rd = RunDir(run)
+        if not rd.checkpoint(checkpoint).is_file():
             raise UserError(f"{run}: not a trained run directory (no {checkpoint}.pt)")
-        net, cfg = load_run_model(run, checkpoint)
+        net, cfg = rd.load_model(checkpoint)
         models.append(Model(run, net, cfg.eval_batch_size, cfg.channels_last, cfg.preset or cfg.model,
                             is_transfer(cfg), cfg.tta, cfg.amp))
     return models
@@ -150,18 +152,20 @@ def sweep_blur(models: list[Model], ps: PhotoSweep) -> dict[Path, dict]:
 
 
 def run_robustness(run_dirs: list[Path], *, val_x: torch.Tensor | None = None, val_y: torch.Tensor | None = None,
-                   data_source: str = "", testset: str | Path | None = None, corruptions: list[str] = (),
+                   data_source: str = "", testset: TestSet | str | Path | None = None, corruptions: list[str] = (),
                    severities: list[int] = (1, 2, 3, 4, 5), limit: int | None = None,
                    resizes: tuple[str, ...] = RESIZES, do_sharpen: bool = True, do_calibration: bool = True,
                    checkpoint: str = "last", seed: int = 0,
                    say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> list[dict]:
-    """Evaluate every run; writes RUN_DIR/eval/robustness.json and robustness_*.csv; returns the results."""
+    """Evaluate every run; writes RUN_DIR/eval/robustness.json and robustness_*.csv; returns the results.
+    `testset`: the photos of the blur sweep, a folder or a loaded TestSet (its photos are read again at
+    full resolution)."""
     models = load_models(run_dirs, checkpoint)
     ps = None
     if testset:
         t0 = time.perf_counter()
         ps = photo_sweep(testset, resizes)
-        say(f"photos: {len(ps.y)} from {testset} at {len(ps.settings)} blur/resize settings "
+        say(f"photos: {len(ps.y)} from {ps.root} at {len(ps.settings)} blur/resize settings "
             f"({time.perf_counter() - t0:.0f} s)")
     results = {m.run: {"run": str(m.run), "preset": m.preset, "transfer": m.transfer, "checkpoint": checkpoint}
                for m in models}
@@ -211,9 +215,10 @@ def merge_results(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, 
 def write_run_results(run: Path, res: dict[str, Any]) -> None:
     for part in ("corruptions", "blur"):
         res.get(part, {}).pop("_logits", None)
-    out = Path(run) / "eval"
+    rd = RunDir(run)
+    out = rd.eval_dir
     out.mkdir(exist_ok=True)
-    write_json(out / RESULT_FILE, res)
+    write_json(rd.eval_json(RESULT), res)
     c = res.get("corruptions")
     if c:
         rows = [{"corruption": "clean", "severity": 0, "param": "", "accuracy": c["clean"]}]
@@ -233,7 +238,7 @@ def write_run_results(run: Path, res: dict[str, Any]) -> None:
 
 
 def load_results(run: Path) -> dict[str, Any] | None:
-    path = Path(run) / "eval" / RESULT_FILE
+    path = RunDir(run).eval_json(RESULT)
     if not path.is_file():
         return None
     try:
@@ -246,10 +251,8 @@ def load_results(run: Path) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- cross-run outputs
 
 def write_outputs(results: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Cross-run CSVs, summary.md and plots in out/; returns what was written."""
-    from cifarlab.report.figures import save_png
-    from cifarlab.report.robustness_figures import FIGURES  # matplotlib only when writing figures
-
+    """Cross-run CSVs and summary.md in out/; returns what was written. The plots are the report
+    layer's (cifarlab.report.robustness_figures.write_figures)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pooled = pool(results)
@@ -267,31 +270,5 @@ def write_outputs(results: list[dict[str, Any]], out: Path) -> list[Path]:
                "several.\n\n" + markdown(summary) + "\n\nAccuracy under corruption, mean over severities:\n\n"
                + markdown(corruption_rows(pooled)) + "\n\n" + "\n\n".join(verdicts) + "\n")
     written += [out / "summary.csv", out / "summary.md"]
-    for name, make, needs, _ in FIGURES:
-        if any(needs in p.mean for p in pooled):
-            save_png(make(pooled), out / f"{name}.png")
-            written.append(out / f"{name}.png")
     return written
 
-
-def study_robustness(run_dirs: list[Path], cifar: Any, testset: str | None, out: Path, limit: int | None,
-                     say: Callable[[str], None]) -> list[Path]:
-    """`reproduce`'s hook: every corruption on a validation subset, the blur sweep, calibration, for
-    runs whose eval/robustness.json is missing or older than last.pt; then the cross-run outputs."""
-    from cifarlab.data.corruptions import CORRUPTIONS
-
-    stale = [Path(r) for r in run_dirs if _stale(Path(r))]
-    if stale:
-        say(f"robustness: {len(stale)} run(s), {limit or 'all'} validation images")
-        run_robustness(stale, val_x=cifar.val_x, val_y=cifar.val_y, data_source=cifar.source, testset=testset,
-                       corruptions=list(CORRUPTIONS), limit=limit, say=say)
-    return write_outputs([r for r in map(load_results, run_dirs) if r], out)
-
-
-def _stale(run: Path) -> bool:
-    """Results older than last.pt, or made from another checkpoint, are redone (load_models then says
-    in one line if last.pt is missing)."""
-    res, ckpt = run / "eval" / RESULT_FILE, run / "last.pt"
-    if not res.is_file() or not ckpt.is_file() or res.stat().st_mtime < ckpt.stat().st_mtime:
-        return True
-    return (load_results(run) or {}).get("checkpoint", "last") != "last"

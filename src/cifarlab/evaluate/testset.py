@@ -5,6 +5,7 @@ misclassified images with their true and predicted labels (PNG, the study's Appe
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -14,10 +15,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cifarlab import CLASSES
 from cifarlab.data.testset import (TestSet, UnreadablePhoto, blur_kernel_length, blur_kernel_size, blur_sigma,
-                                   list_testset, load_photo, prepare_photo, study_blur)
-from cifarlab.evaluate.metrics import classification_report, load_run_model
+                                   load_photo, prepare_photo, study_blur)
+from cifarlab.errors import UserError
+from cifarlab.evaluate.metrics import classification_report
 from cifarlab.io import atomic_write, write_csv, write_json
-from cifarlab.train.loop import predict_logits
+from cifarlab.models.predict import predict_logits
+from cifarlab.rundir import RunDir
 
 GRID_SCALE = 3  # misclassified tiles: 32x32 shown at 96x96
 GRID_COLUMNS = 8
@@ -40,8 +43,8 @@ def evaluate_testset(run_dir: str | Path, testset: TestSet, name: str = "test",
                      checkpoint: str = "last", device: str = "auto") -> dict[str, Any]:
     """Evaluate the run on the test set; writes eval/<name>.json, <name>_confusion.csv,
     <name>_predictions.csv and <name>_misclassified.png. Returns the JSON report."""
-    run_dir = Path(run_dir)
-    model, cfg = load_run_model(run_dir, checkpoint, device)
+    rd = RunDir(run_dir)
+    model, cfg = rd.load_model(checkpoint, device)
     logits = predict_logits(model, testset.x, cfg.eval_batch_size, cfg.channels_last, cfg.tta, cfg.amp)  # upscales if it must
     probs, y = logits.softmax(1), testset.y.cpu()
     pred = probs.argmax(1)
@@ -51,9 +54,9 @@ def evaluate_testset(run_dir: str | Path, testset: TestSet, name: str = "test",
               "skipped": [{"path": p, "reason": r} for p, r in testset.skipped]}
     report["most_confused"] = [list(t) for t in most_confused(report["confusion_matrix"])]
 
-    out = run_dir / "eval"
+    out = rd.eval_dir
     out.mkdir(exist_ok=True)
-    write_json(out / f"{name}.json", report)
+    write_json(rd.eval_json(name), report)
     rows = [{"true": c, **dict(zip(CLASSES, row))} for c, row in zip(CLASSES, report["confusion_matrix"])]
     write_csv(out / f"{name}_confusion.csv", rows, ["true", *CLASSES])
     write_csv(out / f"{name}_predictions.csv", prediction_rows(testset.paths, y, probs),
@@ -67,7 +70,7 @@ def evaluate_testset(run_dir: str | Path, testset: TestSet, name: str = "test",
 
 def output_files(run_dir: str | Path, name: str) -> list[Path]:
     """What evaluate_testset writes, in order."""
-    out = Path(run_dir) / "eval"
+    out = RunDir(run_dir).eval_dir
     return [out / f"{name}{s}" for s in (".json", "_confusion.csv", "_predictions.csv", "_misclassified.png")]
 
 
@@ -148,22 +151,22 @@ def misclassified_grid(x: torch.Tensor, true: list[int], pred: list[int], title:
     return _with_caption(_stack(rows, False), legend)
 
 
-def filter_preview(root: str | Path, n: int = 4, seed: int = 0, fit: str = "crop", height: int = 160) -> Image.Image:
-    """n photos from the test set at root, one per row: the whole photo unfiltered and filtered
-    (blurred at full resolution, then shrunk to `height` px for display), a height x height
-    centre detail at full resolution (1:1 pixels, where the blur shows), and the 32x32 images the
-    model sees (x4, nearest)."""
-    files = list_testset(root)
+def filter_preview(testset: TestSet, n: int = 4, seed: int = 0, height: int = 160) -> Image.Image:
+    """n photos of a loaded test set, one per row: the whole photo unfiltered and filtered (blurred
+    at full resolution, then shrunk to `height` px for display), a height x height centre detail at
+    full resolution (1:1 pixels, where the blur shows), and the 32x32 images the model sees (x4,
+    nearest), made square as the test set was (its `fit`). The photos are read again at full size."""
+    files = list(testset.paths)
     random.Random(seed).shuffle(files)
     rows = []
-    for rel, _ in files:
+    for rel in files:
         if len(rows) == n:
             break
         try:
-            photo = load_photo(Path(root) / rel)
+            photo = load_photo(Path(testset.root) / rel)
         except UnreadablePhoto:
             continue
-        rows.append(_preview_row(rel, photo, fit, height))
+        rows.append(_preview_row(rel, photo, testset.fit, height))
     return _stack(rows, False, gap=12)
 
 
@@ -186,3 +189,20 @@ def _preview_row(rel: str, photo: Image.Image, fit: str, height: int) -> Image.I
     label = f"{rel}  {photo.width}x{photo.height} px  {blur}"
     row = _stack(cells, True)
     return _with_caption(row, label, width=row.width)
+
+
+RESERVED_NAMES = ("validation", "robustness")  # other results in RUN_DIR/eval/
+
+
+def photo_set_name(folder: str | Path, filtered: bool, name: str | None = None) -> str:
+    """The <name> of eval/<name>.json for a photo set: `name` if given (checked), else the folder's name
+    made file-safe, plus "_filtered" for the filtered set; so two photo sets keep two results. The
+    study's own results are "test" and "test_filtered" (what compare and report show)."""
+    if name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name in RESERVED_NAMES:
+            raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (not "
+                            f"{' or '.join(RESERVED_NAMES)}, which name other results)")
+        return name
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(folder).resolve().name).strip("._-") or "photos"
+    base = f"{base}_photos" if base in RESERVED_NAMES else base
+    return f"{base}_filtered" if filtered else base

@@ -57,5 +57,21 @@ class TransferNet(nn.Module):
         """The trainable part + head as one module (sharing parameters), for training on cached embeddings."""
         return nn.Sequential(self.trainable, self.head)
 
+    # MNET1 (everything frozen) and MNET2 (last unit trainable) share everything before the backbone's
+    # last unit: cached there, one frozen pass serves both, and MNET1's one frozen unit is cheap to redo.
+    @property
+    def n_shared(self) -> int:
+        """How many frozen units come before the backbone's last unit (the shared cut)."""
+        return min(len(self.frozen), len(self.frozen) + len(self.trainable) - 1)
+
+    def embed_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The output of the frozen units before the shared cut, for [0, 1] images."""
+        with torch.no_grad():
+            return self.frozen[:self.n_shared](self.prepare(x))
+
+    def shared_tail_module(self) -> nn.Module:
+        """Frozen units after the shared cut (no grads, eval mode) + trainable part + head, sharing parameters."""
+        return nn.Sequential(self.frozen[self.n_shared:], self.trainable, self.head)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tail(self.embed(x))

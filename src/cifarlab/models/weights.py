@@ -13,6 +13,7 @@ and the v2 file exists only with its classifier.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch.nn as nn
 
 from cifarlab.data.cifar import default_cache_dir
 from cifarlab.errors import UserError
-from cifarlab.io import download
+from cifarlab.io import download, sweep_stale_parts
 from cifarlab.models.mobilenet import ConvBNReLU, MobileNetV1, MobileNetV2
 
 
@@ -57,8 +58,17 @@ def load_weights(model: nn.Module, source: str | Path, *, cache_dir: Path | None
     $CIFARLAB_HOME or ~/.cache/cifarlab). Any misfit or unreadable file raises a one-line UserError.
     """
     if str(source) == "imagenet":
-        source = fetch_imagenet(model, input_size, cache_dir)
-    path = Path(source).expanduser()
+        _h5py("ImageNet weights (Keras .h5)")  # before downloading a file we could not read
+        path = fetch_imagenet(model, input_size, cache_dir)
+        try:
+            return _load(model, path)
+        except UserError as e:  # a bad file that passed the size check must not stay cached for good
+            path.unlink(missing_ok=True)
+            raise UserError(f"{e}; deleted the cached download, run again to fetch it afresh") from None
+    return _load(model, Path(source).expanduser())
+
+
+def _load(model: nn.Module, path: Path) -> nn.Module:
     if not path.is_file():
         raise UserError(f"{path}: weights file not found")
     suffix = path.suffix.lower()
@@ -232,11 +242,16 @@ def _dequantize(model, t, src: str) -> np.ndarray:
 
 # ---------------------------------------------------------------- Keras .h5
 
-def _read_h5(path: Path) -> tuple[list[_Conv], _Dense | None]:
+def _h5py(what: str):
     try:
         import h5py
     except ImportError:
-        raise UserError(f"{path.name}: reading Keras .h5 weights needs h5py (pip install 'cifarlab[keras]')") from None
+        raise UserError(f"{what}: reading Keras .h5 weights needs h5py (pip install 'cifarlab[keras]')") from None
+    return h5py
+
+
+def _read_h5(path: Path) -> tuple[list[_Conv], _Dense | None]:
+    h5py = _h5py(path.name)
     try:
         with h5py.File(path, "r") as f:
             return _parse_h5(f, path.name)
@@ -303,11 +318,14 @@ V1_ALPHAS = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}  # Keras' names f
 V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 V1_SIZES, V2_SIZES = (128, 160, 192, 224), (96, 128, 160, 192, 224)  # 1.3 and 1.4: 224 only
 # Keras publishes no hashes for these files (its get_file() is called without file_hash). Known
-# (bytes, md5) below: sizes from Keras' download logs, md5s as recorded by a third-party mirror of the
-# Keras applications weights. Other files are checked by loading: every tensor's shape must fit.
+# (bytes, md5 or None) below: sizes as Keras' own download progress prints them ("N/N"), md5s as recorded
+# by a third-party mirror of the Keras applications weights (not verifiable offline). Checked after
+# download and whenever the cached file is used; every file, listed or not (the 128 px v1 file's size is
+# not known here), is also checked by loading: every tensor's shape must fit, else the file is deleted.
 KNOWN_FILES = {
     "mobilenet_1_0_224_tf_no_top.h5": (17_225_924, "725ccbd03d61d7ced5b5c4cd17e7d527"),
     "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5": (9_406_464, "f1a68526548f7541cda07e19ba6c85f4"),
+    "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_128_no_top.h5": (9_406_464, None),
 }
 
 
@@ -333,12 +351,27 @@ def imagenet_url(model: nn.Module, input_size: int = 224) -> str:
 
 
 def fetch_imagenet(model: nn.Module, input_size: int = 224, cache_dir: Path | None = None) -> Path:
-    """The cached Keras file for the model, downloaded (atomically, size/md5-checked when known) if missing."""
+    """The cached Keras file for the model, downloaded (atomically) if missing; its size and md5, where
+    known, are checked after download and every time the cached file is used (a bad one is deleted)."""
     url = imagenet_url(model, input_size)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     dest = root / "weights" / url.rsplit("/", 1)[-1]
+    size, md5 = KNOWN_FILES.get(dest.name, (None, None))
+    sweep_stale_parts(dest.parent)
     if dest.is_file():
+        _check_cached(dest, size, md5)
         return dest
-    want = KNOWN_FILES.get(dest.name, (None, None))
     return download(url, dest, "ImageNet weights", "offline? pass --weights FILE (a .h5 or .tflite file)",
-                    md5=want[1], size=want[0])
+                    md5=md5, size=size)
+
+
+def _check_cached(path: Path, size: int | None, md5: str | None) -> None:
+    n = path.stat().st_size
+    bad = f"{n} bytes, expected {size}" if size and n != size else None
+    if bad is None and md5:
+        got = hashlib.md5(path.read_bytes()).hexdigest()  # tens of MB at most
+        bad = f"md5 {got}, expected {md5}" if got != md5 else None
+    if bad:
+        path.unlink(missing_ok=True)
+        raise UserError(f"{path}: cached ImageNet weights are corrupt ({bad}); deleted it, run again to "
+                        "download it afresh")

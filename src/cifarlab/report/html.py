@@ -20,14 +20,15 @@ from typing import Any, Iterable
 import torch
 
 from cifarlab import CLASSES, __version__
-from cifarlab.config import Config, is_transfer, load_config
+from cifarlab.config import Config, is_transfer
+from cifarlab.data.augment import augment_config
 from cifarlab.errors import UserError
 from cifarlab.evaluate.compare import table2_rows
 from cifarlab.evaluate.testset import most_confused
 from cifarlab.io import atomic_write, write_text
-from cifarlab.models import layer_table
+from cifarlab.models import build_model, layer_table
 from cifarlab.report.figures import accuracy_curves, confusion_figure, lr_drop_epochs, save_png
-from cifarlab.train.loop import augment_config, build_model
+from cifarlab.rundir import RunDir
 
 SETS = {"validation": "validation", "test": "test", "test_filtered": "test (filtered)"}
 COMPACT_OVER = 30  # Table 1 rows; MobileNets have ~90, shown as head + tail
@@ -69,12 +70,12 @@ class Run:
 
 def load_run(path: Path) -> Run:
     """A run directory's config, history and whatever eval/*.json it has; UserError if it is not one."""
-    path = Path(path)
-    for name in ("config.yaml", "history.csv"):
-        if not (path / name).is_file():
-            raise UserError(f"{path}: not a run directory (no {name})")
-    evals = {s: _read_json(path / "eval" / f"{s}.json") for s in SETS if (path / "eval" / f"{s}.json").is_file()}
-    return Run(path, load_config(path / "config.yaml"), _read_history(path / "history.csv"), evals)
+    rd = RunDir(path)
+    for f in (rd.config, rd.history):
+        if not f.is_file():
+            raise UserError(f"{rd.path}: not a run directory (no {f.name})")
+    evals = {s: _read_json(rd.eval_json(s)) for s in SETS if rd.eval_json(s).is_file()}
+    return Run(rd.path, rd.load_config(), _read_history(rd.history), evals)
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
@@ -352,7 +353,7 @@ def _eval_block(r: Run, s: str, rep: dict[str, Any], imgs: Images) -> str:
         fig = confusion_figure(rep["confusion_matrix"], classes, f"{r.label}: {name}")
         figs.append(imgs.figure(f"{r.label}_confusion_{s}", fig, f"{r.label}, {name}: confusion matrix "
                                 "(counts; colour = fraction of the true class)"))
-    mis = r.path / "eval" / f"{s}_misclassified.png"
+    mis = RunDir(r.path).eval_dir / f"{s}_misclassified.png"
     if mis.is_file():
         figs.append(imgs.file(f"{r.label}_misclassified_{s}", mis, f"{r.label}, {name}: misclassified images"))
     confused = [[t, p, str(n)] for t, p, n in most_confused(rep["confusion_matrix"], classes)] \
@@ -386,11 +387,11 @@ def _visualisations(runs: list[Run], imgs: Images) -> str:
     found: dict[str, list[str]] = {}
     for key, _, _, _ in APPENDICES:
         for r in runs:  # appendix by appendix, runs side by side within each
-            for p in sorted((r.path / "viz").rglob("*.png")):
+            for p in sorted(RunDir(r.path).viz_dir.rglob("*.png")):
                 if _appendix(p.stem) == key:
                     found.setdefault(key, []).append(_viz_figure(r, p, imgs))
     for r in runs:
-        for p in sorted((r.path / "viz").rglob("*.png")):
+        for p in sorted(RunDir(r.path).viz_dir.rglob("*.png")):
             if _appendix(p.stem) == "other":
                 found.setdefault("other", []).append(_viz_figure(r, p, imgs))
     if not found:
@@ -412,7 +413,7 @@ def _robustness(runs: list[Run], imgs: Images) -> str:
     """Corruption sweeps, the blur hypothesis and calibration from RUN_DIR/eval/robustness.json
     (`cifarlab robustness`), runs of one preset pooled as mean ± std."""
     from cifarlab.evaluate import robustness as rb
-    from cifarlab.report.robustness_figures import FIGURES
+    from cifarlab.report.robustness_figures import drawn
 
     results = [res for r in runs if (res := rb.load_results(r.path))]
     if not results:
@@ -436,7 +437,6 @@ def _robustness(runs: list[Run], imgs: Images) -> str:
     cal = first.get("calibration")
     if cal:
         parts.append(f"<p class=\"meta\">Temperature scaling: {e(cal['split'])}.</p>")
-    for name, make, needs, caption in FIGURES:
-        if any(needs in p.mean for p in pooled):
-            parts.append(imgs.figure(f"robustness_{name}", make(pooled), caption))
+    for name, fig, caption in drawn(pooled):
+        parts.append(imgs.figure(f"robustness_{name}", fig, caption))
     return "\n".join(parts)

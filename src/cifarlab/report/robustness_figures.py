@@ -1,4 +1,5 @@
 """The robustness figures: corruption and blur sweeps, sharpening, reliability diagrams, pooled over seeds.
+The only place they are drawn: for the report page, and as PNGs beside `cifarlab robustness`'s tables.
 
 Built like `report.figures`: matplotlib's object API (`Figure`, Agg canvas via `save_png`), never pyplot.
 """
@@ -6,6 +7,8 @@ Built like `report.figures`: matplotlib's object API (`Figure`, Agg canvas via `
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -13,7 +16,8 @@ from matplotlib.figure import Figure
 
 from cifarlab.data.corruptions import SEVERITY, SHARPEN_AMOUNTS, SHARPEN_SIGMA
 from cifarlab.data.photo_sweep import BLUR_LEVELS, RESIZES, level_name
-from cifarlab.evaluate.robustness_summary import Pooled, fmt
+from cifarlab.evaluate.robustness_summary import Pooled, fmt, pool
+from cifarlab.report.figures import save_png
 
 
 def _figure(n_panels: int, cols: int, w: float = 3.6, h: float = 2.9) -> tuple[Figure, np.ndarray]:
@@ -107,7 +111,7 @@ def reliability_figure(pooled: list[Pooled]) -> Figure:
     return fig
 
 
-# (file name, figure function, a key that must exist, caption) for write_outputs and the report
+# (file name, figure function, a key that must exist, caption)
 
 
 FIGURES = [
@@ -119,3 +123,20 @@ FIGURES = [
     ("reliability", reliability_figure, "T", "Reliability diagrams: accuracy against confidence (15 bins), on the "
      "validation eval half and the real photos, before and after temperature scaling"),
 ]
+
+
+def drawn(pooled: list[Pooled]) -> list[tuple[str, Figure, str]]:
+    """(file name, figure, caption) of every figure the pooled results have data for."""
+    return [(name, make(pooled), caption) for name, make, needs, caption in FIGURES
+            if any(needs in p.mean for p in pooled)]
+
+
+def write_figures(results: list[dict[str, Any]], out: Path) -> list[Path]:
+    """The figures of the runs' robustness results as out/<name>.png; returns what was written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig, _ in drawn(pool(results)):
+        save_png(fig, out / f"{name}.png")
+        written.append(out / f"{name}.png")
+    return written

@@ -5,83 +5,43 @@ fast trainers' (cifarlab.train.recipe), one validation pass per epoch.
 The whole dataset lives as uint8 tensors on the device; a batch is one gather, one cast and (with
 augmentation) one batched affine warp: no per-image Python work. Every epoch is seeded from
 (seed, epoch), so a run resumed from its last checkpoint ends exactly where an uninterrupted one would.
+A MobileNet's frozen part runs once, not every epoch: on the images (no augmentation) or on K augmented
+views of them (`aug_views`, train/viewcache.py); only its tail trains.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from cifarlab.config import Config, is_transfer, save_config
+from cifarlab.config import Config, save_config
 from cifarlab.data import Cifar10, class_balanced_subset
-from cifarlab.data.augment import AugmentConfig, alternating_flips, augment_batch
+from cifarlab.data.cifar import default_cache_dir
+from cifarlab.data.augment import alternating_flips, augment_batch, augment_config
+from cifarlab.device import autocast, dist_info, select_device, to_input, use_channels_last
 from cifarlab.errors import UserError
 from cifarlab.io import load_checkpoint, save_checkpoint, write_csv, write_json
-from cifarlab.models import create_model
-from cifarlab.models.transfer import TransferNet
-from cifarlab.models.weights import load_weights
+from cifarlab.models.build import build_model, init_from_data
 from cifarlab.models.cnn import conv_kernels
-from cifarlab.train import runctl
+from cifarlab.models.predict import evaluate_model
+from cifarlab.models.transfer import TransferNet
+from cifarlab.rundir import RunDir
+from cifarlab.train import runctl, viewcache
 from cifarlab.train.progress import Progress, fmt_time
-from cifarlab.train.recipe import LOOKAHEAD_EVERY, Lookahead, loss_fn, lr_at_step, make_optimizer, set_lr, tta_logits
+from cifarlab.train.recipe import LOOKAHEAD_EVERY, Lookahead, loss_fn, lr_at_step, make_optimizer, set_lr
 
 # The frozen MobileNet forward runs fastest at small batches on CPU (cache-resident activations):
 # 199 img/s at 32, 181 at 64, 152 at 256 (benchmarks/mnet_throughput.py, RESULTS.md).
 EMBED_BATCH = 64
 NAN_CHECK_EVERY = 50  # batches between NaN checks of the running loss (one host sync each)
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
-
-
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but CUDA is not available (use --device auto or cpu)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("device 'mps' requested but MPS is not available (use --device auto or cpu)")
-    return torch.device(name)
-
-
-def use_channels_last(cfg: Config, device: torch.device) -> bool:
-    """The preset's choice (measured per model on CPU); always on CUDA, where tensor cores want NHWC."""
-    return cfg.channels_last or device.type == "cuda"
-
-
-def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Config key amp: 'auto' = bf16 autocast on CUDA (no loss scaling needed, unlike fp16), fp32
-    elsewhere; 'bf16' = always; 'off' = never."""
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) under torchrun, else (0, 1)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def augment_config(cfg: Config) -> AugmentConfig:
-    a = dataclasses.asdict(cfg.augment)
-    return AugmentConfig(**{**a, "zoom": tuple(a["zoom"])})
-
-
-def to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8 images -> float [0, 1]; cached embeddings (float16) -> float32."""
-    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 def l2_penalty(model: nn.Module) -> torch.Tensor:
@@ -154,48 +114,6 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, channels_last: bool = False,
-                   tta: str = "none", amp: str = "auto") -> torch.Tensor:
-    """Logits for uint8 images (N, 3, H, W) in eval mode, batched, with optional test-time augmentation
-    (see recipe.tta_logits) and autocast as for training (`amp`); returned as float32 on the CPU."""
-    model.eval()
-    device = next(model.parameters()).device
-    with autocast(amp, device):
-        out = [tta_logits(model, to_input(x[i:i + batch_size].to(device), channels_last), tta).float().cpu()
-               for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, 10)
-
-
-def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
-                   channels_last: bool = False, tta: str = "none", amp: str = "auto") -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on uint8 images x and labels y."""
-    logits = predict_logits(model, x, batch_size, channels_last, tta, amp)
-    y = y.cpu()
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
-
-
-def build_model(cfg: Config, device: torch.device, pretrained: bool = True) -> nn.Module:
-    """The run's network. `pretrained=False` skips reading cfg.weights (a checkpoint will overwrite them)."""
-    torch.manual_seed(cfg.seed)  # same initial weights for the same seed
-    if is_transfer(cfg):
-        backbone = create_model(cfg.model, alpha=cfg.alpha)
-        if pretrained and cfg.weights:
-            load_weights(backbone, cfg.weights, input_size=cfg.input_size)
-        model = TransferNet(backbone, cfg.input_size, cfg.trainable, cfg.head, cfg.dropout)
-    else:
-        model = create_model(cfg.model)
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if use_channels_last(cfg, device) else model
-
-
-def init_from_data(model: nn.Module, cfg: Config, train_x: torch.Tensor, n: int = 5000) -> None:
-    """Data-dependent initialisation (the fast net's whitening layer) from a seeded sample of images."""
-    if hasattr(model, "init_from_data") and train_x.dtype == torch.uint8:
-        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:n]
-        model.init_from_data(to_input(train_x[pick.to(train_x.device)], False))
-
-
-@torch.inference_mode()
 def embed_all(model: TransferNet, x: torch.Tensor, batch_size: int, quiet: bool, label: str) -> torch.Tensor:
     """The frozen part's output for every image, as float16 (half the memory; the head sees
     float32 again). Done once per run instead of once per epoch."""
@@ -223,7 +141,8 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
     train.log into `run_dir`. With `resume`, continue from run_dir/last.pt. Returns the metrics."""
     # Everything that can fail on bad input (device, weights file) happens before anything is written.
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / "last.pt"
+    rd = RunDir(run_dir)
+    ckpt_path = rd.last
     rank, world = dist_info()
     device = select_device(cfg.device)
     if world > 1:
@@ -232,7 +151,7 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
     model = build_model(cfg, device, pretrained=not (resume and ckpt_path.exists()))
     if writer:
         ctl.make_run_dir(run_dir)  # and lock it
-    log = log or _logger(run_dir / "train.log", quiet or not writer, write=writer)
+    log = log or _logger(rd.log, quiet or not writer, write=writer)
 
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_subset:
@@ -253,7 +172,7 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
         state = ckpt["state"]
         log(f"resuming {run_dir} after epoch {state['epoch']}/{cfg.epochs}")
     if writer:
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, rd.config)
     if state["epoch"] == 0:
         log(f"training {cfg.preset or cfg.model} ({cfg.model}) on {len(train_x)} images, validating on "
             f"{len(val_x)}, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, "
@@ -272,6 +191,18 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
         log(f"cached frozen-part outputs {tuple(train_x.shape[1:])} for {len(train_x) + len(val_x)} images "
             f"in {embed_seconds:.0f}s; training the last {sum(p.numel() for p in net.parameters()):,} "
             "parameters on them")
+    views = None  # with augmentation and aug_views = K: K augmented views embedded once, one per epoch
+    if state["epoch"] < cfg.epochs and isinstance(model, TransferNet) and cfg.aug_views \
+            and augment_config(cfg).enabled:
+        t0 = time.perf_counter()
+        views = viewcache.load_or_build(model, train_x.cpu(), val_x.cpu(), augment_config(cfg), cfg.aug_views,
+                                        cfg.seed, default_cache_dir(), quiet or not writer, log)
+        val_x = torch.from_numpy(np.array(views.val)).to(device)
+        net = model.shared_tail_module()
+        embed_seconds = time.perf_counter() - t0
+        log(f"{views.k} augmented views of {len(train_x)} images from {views.folder} ({views.nbytes / 2**30:.1f} GiB "
+            f"on disk, memory-mapped) in {embed_seconds:.0f}s; training the last "
+            f"{sum(p.numel() for p in net.parameters() if p.requires_grad):,} parameters on them")
 
     lookahead = Lookahead(net) if cfg.lookahead else None  # of what trains: the model or, cached, its tail
     if lookahead is not None and slow_weights is not None:
@@ -283,7 +214,8 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
         n_batches = math.ceil(len(train_x) / cfg.batch_size)
         lr = lr_at_step(cfg, epoch, 0, n_batches)
         progress = Progress(n_batches, f"epoch {epoch}/{cfg.epochs}", quiet or not writer)
-        train_loss, train_acc = train_epoch(trained, opt, train_x, train_y, cfg, epoch, progress, lookahead)
+        epoch_x = train_x if views is None else viewcache.epoch_features(views, epoch, cfg.seed).to(device)
+        train_loss, train_acc = train_epoch(trained, opt, epoch_x, train_y, cfg, epoch, progress, lookahead)
         last = epoch == cfg.epochs
         if last and lookahead is not None:
             lookahead.finish(net)
@@ -295,25 +227,26 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
         row = dict(epoch=epoch, lr=lr, train_loss=round(train_loss, 5), train_acc=round(train_acc, 5),
                    val_loss=round(val_loss, 5), val_acc=round(val_acc, 5), seconds=round(seconds, 2))
         state["history"].append(row)
+        runctl.check_progress(state["history"], len(val_y))  # a diverged run stops before it is saved
         state["epoch"] = epoch
         if val_acc > state["best_val_accuracy"]:
             state["best_val_accuracy"], state["best_epoch"] = val_acc, epoch
             if writer:
-                save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc})
+                save_checkpoint(rd.best, {"model": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc})
         if writer:
             ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}
             if lookahead is not None:
                 ckpt["lookahead"] = lookahead.state_dict()
             save_checkpoint(ckpt_path, ckpt)
-            write_csv(run_dir / "history.csv", state["history"], HISTORY_FIELDS)
-            write_json(run_dir / "metrics.json", _metrics(cfg, state, len(train_x), embed_seconds))
+            write_csv(rd.history, state["history"], HISTORY_FIELDS)
+            write_json(rd.metrics, _metrics(cfg, state, len(train_x), embed_seconds))
         eta = sum(r["seconds"] for r in state["history"][-3:]) / min(3, epoch) * (cfg.epochs - epoch)
         log(f"epoch {epoch}/{cfg.epochs} lr {lr:.2g} train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f}s, ETA {fmt_time(eta)}")
     metrics = _metrics(cfg, state, len(train_x), embed_seconds)
     if writer:  # again at the end: a kill may have come between last.pt and these, and a resume lands here
-        write_csv(run_dir / "history.csv", state["history"], HISTORY_FIELDS)
-        write_json(run_dir / "metrics.json", metrics)
+        write_csv(rd.history, state["history"], HISTORY_FIELDS)
+        write_json(rd.metrics, metrics)
     if world > 1:
         torch.distributed.barrier()  # no rank leaves before rank 0 has written everything
     log(f"done: val_accuracy {metrics['val_accuracy']:.4f} (best {metrics['best_val_accuracy']:.4f} at epoch "

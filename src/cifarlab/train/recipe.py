@@ -1,5 +1,6 @@
-"""The parts of a training recipe that the config chooses: optimiser, learning-rate schedule, weight
-averaging (lookahead) and test-time augmentation.
+"""The parts of a training recipe that the config chooses: optimiser, learning-rate schedule, loss and
+weight averaging (lookahead). Test-time augmentation, used by validation and evaluation alike, is
+cifarlab.models.predict.tta_logits.
 
 The study's recipe is Adam with manual drops at epoch ends; the `fast` preset's is airbench94's, in
 our terms: Nesterov SGD, batch-norm shifts at a much higher rate, a per-step triangular schedule,
@@ -84,19 +85,3 @@ class Lookahead:
 
 def loss_fn(cfg: Config):
     return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-
-
-def tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
-    """Logits for float images x, averaged over test-time views: none; flip (x and its mirror); or
-    flip_translate (airbench's level 2: half the weight on the flip pair, half on the flip pairs of the
-    image shifted one pixel up-left and down-right)."""
-    if tta == "none":
-        return model(x)
-    mirror = lambda z: 0.5 * (model(z) + model(z.flip(-1)))
-    logits = mirror(x)
-    if tta == "flip":
-        return logits
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = 0.5 * (mirror(padded[..., :h, :w]) + mirror(padded[..., 2:, 2:]))
-    return 0.5 * logits + 0.5 * shifted

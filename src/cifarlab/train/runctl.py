@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 
 from cifarlab.errors import UserError
+from cifarlab.io import sweep_stale_parts
+from cifarlab.rundir import RunDir
 
 try:
     import fcntl
@@ -41,7 +43,7 @@ class RunLock:
     """Exclusive use of a run directory for this process (flock on RUN_DIR/.lock)."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+        self.path = RunDir(run_dir).lock
         self.fd: int | None = None
 
     def acquire(self) -> "RunLock":
@@ -128,6 +130,30 @@ def check_finite(value: torch.Tensor | float, what: str, epoch: int, model: nn.M
         _diverged("the weights became nan or inf", epoch)
 
 
+CHANCE_MARGIN = 0.05  # validation accuracy within this of chance counts as "at chance"
+RISEN = 0.30  # ...but only after it had once reached this much (an untrained net starts at chance)
+MIN_VAL = 1000  # below this many validation images, accuracy is too noisy to call "back at chance"
+LOSS_BLOWUP = 1.5  # train loss this many times its start (first epoch's, or a uniform guess's if higher)
+
+
+def check_progress(history: list[dict[str, float]], n_val: int, n_classes: int = 10) -> None:
+    """Stop a run that has finite numbers but has diverged (one line, exit 2, before the epoch is saved):
+    train loss far above its start, or validation accuracy back at chance after it had risen. Without
+    batch norm, Adam at too high a rate does the latter and then trains on at 10 % for hours."""
+    row, epoch = history[-1], int(history[-1]["epoch"])
+    start = max(math.log(n_classes), history[0]["train_loss"])
+    best = max(r["val_acc"] for r in history)
+    why = ""
+    if len(history) > 1 and row["train_loss"] > LOSS_BLOWUP * start:
+        why = f"the training loss rose to {row['train_loss']:.3g}, {row['train_loss'] / start:.1f}x its start"
+    elif n_val >= MIN_VAL and best >= RISEN and row["val_acc"] <= 1 / n_classes + CHANCE_MARGIN:
+        why = f"validation accuracy fell back to chance ({row['val_acc']:.1%}) after reaching {best:.1%}"
+    if why:
+        kept = f"last.pt keeps epoch {epoch - 1}, best.pt the best one" if epoch > 1 else "nothing was saved"
+        raise UserError(f"epoch {epoch}: the run diverged: {why}; likely cause: the learning rate is too high "
+                        f"(try a lower lr); stopped before saving: {kept}")
+
+
 def _diverged(what: str, epoch: int) -> None:
     kept = f"last.pt and best.pt keep epoch {epoch - 1}" if epoch > 1 else "no checkpoint had been written yet"
     raise UserError(f"epoch {epoch}: {what} (try a lower lr); stopped before saving: {kept}")
@@ -150,8 +176,7 @@ class RunControl:
         except OSError as e:
             raise UserError(f"cannot create run directory {run_dir} ({e.strerror or e})") from None
         self.lock = RunLock(run_dir).acquire()
-        for part in Path(run_dir).glob(".*.part"):  # half-written files of a killed process; we hold the lock
-            part.unlink(missing_ok=True)
+        sweep_stale_parts(Path(run_dir), min_age=0)  # we hold the lock: no training process is writing here
 
     def __enter__(self) -> "RunControl":
         _stop.clear()

@@ -11,15 +11,13 @@ Every kind works for the from-scratch models at 32 px and the MobileNets at 128 
 from __future__ import annotations
 
 import math
-import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import torch
 from PIL import Image
 
 from cifarlab.errors import UserError
+from cifarlab.rundir import RunDir
 from cifarlab.viz import activations, attribution, filters, sheet
 from cifarlab.viz.inputs import Photos, from_testset, load_images
 from cifarlab.viz.probe import Layer, Probe, load_probe
@@ -28,7 +26,7 @@ KINDS = ("activations", "filters", "occlusion", *attribution.CAMS)
 CMAPS = {"activations": "inferno", "occlusion": "jet", **{k: "jet" for k in attribution.CAMS}}
 
 __all__ = ["KINDS", "Photos", "Probe", "Layer", "visualize", "render", "load_images", "load_probe",
-           "from_testset", "study_figures", "study_figures_all", "output_name"]
+           "from_testset", "output_name"]
 
 
 def output_name(kind: str) -> str:
@@ -102,12 +100,13 @@ def visualize(run_dir: str | Path, kind: str, image: str | Path | None = None, o
     check_options(kind, max_images=max_images, **options)
     run_dir = Path(run_dir)
     for run in [run_dir] + ([Path(compare)] if compare else []):
-        if not (run / "config.yaml").is_file():
+        if not RunDir(run).config.is_file():
             raise UserError(f"{run}: not a run directory (no config.yaml)")
-    out = Path(out) if out else run_dir / "viz" / output_name(kind)
+    viz_dir = RunDir(run_dir).viz_dir
+    out = Path(out) if out else viz_dir / output_name(kind)
     if out.exists() and out.is_dir():
         raise UserError(f"--out {out}: is a folder (give a .png file name)")
-    if not out.parent.is_dir() and not (out.parent == run_dir / "viz" and run_dir.is_dir()):
+    if not out.parent.is_dir() and not (out.parent == viz_dir and run_dir.is_dir()):
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     if kind != "filters" and image is None:
         raise UserError(f"--kind {kind} needs --image FILE_OR_DIR")
@@ -118,83 +117,3 @@ def visualize(run_dir: str | Path, kind: str, image: str | Path | None = None, o
     out.parent.mkdir(exist_ok=True)
     return sheet.save_png(img, out)
 
-
-# ---------------------------------------------------------------- the study run's figures
-
-STUDY_KINDS = ("occlusion", "gradcam", "gradcam++")  # Score-CAM costs a forward pass per channel: CLI only
-STUDY_EXAMPLES = ("truck", "airplane")  # the study's Appendix A photos
-STUDY_MAX_WRONG = 8
-
-
-def study_figures(run_dir: str | Path, photos: Photos, *, steps: int = 40, quiet: bool = False) -> list[Path]:
-    """The report's figures for one run, in RUN_DIR/viz/: activations of two example photos (a truck
-    and an airplane, as in the study), filter images (few channels and steps: seconds), and occlusion
-    and CAM sheets of up to 8 misclassified photos. Skipped when they are newer than last.pt."""
-    from cifarlab import CLASSES
-
-    run_dir = Path(run_dir)
-    viz = run_dir / "viz"
-    names = ["activations.png", "filters.png"] + [output_name(k) for k in STUDY_KINDS]
-    if not (run_dir / "last.pt").is_file():
-        raise UserError(f"{run_dir}: not a trained run directory (no last.pt)")
-    last = (run_dir / "last.pt").stat().st_mtime
-    if all((viz / n).is_file() and (viz / n).stat().st_mtime >= last for n in names[:2]):
-        return []
-    viz.mkdir(exist_ok=True)
-    probe = load_probe(run_dir)
-    written = []
-    examples = [next((i for i, y in enumerate(photos.labels) if y == CLASSES.index(c)), None) for c in STUDY_EXAMPLES]
-    examples = [i for i in examples if i is not None] or [0]
-    written.append(sheet.save_png(render([probe], "activations", photos.take(examples)), viz / names[0]))
-    tried = 8 if probe.input_size > 32 else 16  # a MobileNet step costs ~15x an IMP step
-    written.append(sheet.save_png(render([probe], "filters", channels=tried, keep=8, steps=steps), viz / names[1]))
-    with torch.no_grad():
-        pred = torch.cat([probe.probs(probe.to_input(x)).argmax(1) for x in photos.x.split(64)])
-    wrong = [i for i, (p, y) in enumerate(zip(pred.tolist(), photos.labels)) if y is not None and p != y]
-    if len(wrong) > STUDY_MAX_WRONG:  # spread over the classes rather than the first class folder's
-        wrong = [wrong[round(j * (len(wrong) - 1) / (STUDY_MAX_WRONG - 1))] for j in range(STUDY_MAX_WRONG)]
-    for kind, name in zip(STUDY_KINDS, names[2:]):
-        if wrong:
-            patch = max(2, probe.input_size // 8)  # non-overlapping patches: 64 forward passes, not 225
-            opts = {"patch": patch, "stride": patch} if kind == "occlusion" else {}
-            written.append(sheet.save_png(render([probe], kind, photos.take(wrong), **opts), viz / name))
-        else:
-            (viz / name).unlink(missing_ok=True)  # an older model's misclassifications no longer apply
-    if not quiet:
-        print(f"{run_dir}: wrote {len(written)} figures to {viz} ({len(wrong)} misclassified shown)", file=sys.stderr)
-    return written
-
-
-def study_figures_all(run_dirs: list[Path], testset: Any = None, cifar: Any = None,
-                      say: Callable[[str], None] = print) -> None:
-    """`study_figures` for the first run of each preset (seeds add nothing to the pictures), on the test
-    photos, or without a test set on the first 500 CIFAR-10 validation images."""
-    if testset is not None:
-        photos = from_testset(testset)
-    elif cifar is not None:
-        n = min(500, len(cifar.val_y))
-        photos = Photos(cifar.val_x[:n].cpu(), cifar.val_y[:n].tolist(), [f"val/{i:05d}" for i in range(n)])
-    else:
-        return
-    threads = torch.get_num_threads()
-    # Small batches of small images: thread barriers cost more than they save, many times more when
-    # another process keeps a core busy (measured on 2 cores: filter steps 5x slower with 2 threads).
-    torch.set_num_threads(1)
-    try:
-        _each_preset(run_dirs, photos, say)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _each_preset(run_dirs: list[Path], photos: Photos, say: Callable[[str], None]) -> None:
-    from cifarlab.config import load_config
-
-    seen: set[str] = set()
-    for run in map(Path, run_dirs):
-        preset = load_config(run / "config.yaml").preset or run.name
-        if preset in seen:
-            continue
-        seen.add(preset)
-        t = time.perf_counter()
-        if study_figures(run, photos, quiet=True):
-            say(f"{run}: visualisations in {run / 'viz'} ({time.perf_counter() - t:.0f} s)")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from cifarlab.errors import UserError
 from cifarlab.models.transfer import TransferNet
+from cifarlab.rundir import RunDir
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.ELU, nn.LeakyReLU, nn.SELU, nn.GELU, nn.SiLU, nn.Hardswish)
 
@@ -150,9 +151,7 @@ def _keras_names(model: nn.Module) -> dict[int, str]:
 
 def load_probe(run_dir: str | Path, checkpoint: str = "last") -> Probe:
     """A trained run's model on the CPU, ready for visualisation."""
-    from cifarlab.evaluate.metrics import load_run_model
-
-    model, cfg = load_run_model(Path(run_dir), checkpoint, device="cpu")
+    model, cfg = RunDir(run_dir).load_model(checkpoint, device="cpu")
     model = model.to(memory_format=torch.contiguous_format)
     label = (cfg.preset or Path(run_dir).name).upper()
     return Probe(model, cfg.input_size if hasattr(model, "input_size") else 32, label)

@@ -1,0 +1,105 @@
+"""Two runs at a time: is one training process on all cores faster than one process per core?
+
+For each workload (IMP training steps with the study's augmentation, BASE training steps, the frozen
+MobileNet v1 forward at 128 px) this times (a) one process with all threads, alone, and (b) N processes
+with threads/N each, started together. It prints images/s per process and in total, and writes JSON.
+Run it on a quiet machine (nothing else training): the point is how the cores are shared.
+
+    python benchmarks/lanes_speed.py [--seconds 60] [--lanes 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKLOADS = ("imp", "base", "mobilenet_embed")
+
+
+def worker(workload: str, threads: int, seconds: float) -> float:
+    """Images per second of `workload` on `threads` threads, measured for about `seconds` after a warm-up."""
+    import torch
+
+    from cifarlab.config import resolve_config
+    from cifarlab.data.augment import augment_batch, augment_config
+    from cifarlab.models import build_model
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    if workload == "mobilenet_embed":
+        model = build_model(resolve_config("mnet1", ["weights=null"]), torch.device("cpu"))
+        x = torch.rand(64, 3, 32, 32, generator=g)
+        step = lambda: model.embed(x)
+        batch = 64
+    else:
+        cfg = resolve_config("imp2" if workload == "imp" else "base")
+        model = build_model(cfg, torch.device("cpu"))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        batch = cfg.batch_size
+        x, y = torch.rand(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
+        aug = augment_config(cfg)
+
+        def step():
+            xb = augment_batch(x, aug, g) if aug.enabled else x
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            loss = torch.nn.functional.cross_entropy(model(xb), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for _ in range(3):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def run(workload: str, procs: int, threads: int, seconds: float) -> list[float]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, __file__, "--worker", workload, "--threads", str(threads), "--seconds", str(seconds)]
+    ps = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+    return [float(p.communicate()[0].strip()) for p in ps]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--lanes", type=int, default=2)
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    ap.add_argument("--worker", choices=WORKLOADS, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="benchmarks/results/lanes_speed.json")
+    args = ap.parse_args()
+    if args.worker:
+        print(worker(args.worker, args.threads, args.seconds))
+        return
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()
+    print(f"{cores} cores, load before {load[0]:.2f}; {args.seconds:.0f} s per measurement\n")
+    print("| workload | 1 process x {c} threads, img/s | {n} processes x {t} thread(s), img/s each | total | speed-up |"
+          .format(c=cores, n=args.lanes, t=max(1, cores // args.lanes)))
+    print("|---|---|---|---|---|")
+    rows = []
+    for w in args.workloads:
+        alone = run(w, 1, cores, args.seconds)[0]
+        lanes = run(w, args.lanes, max(1, cores // args.lanes), args.seconds)
+        rows.append({"workload": w, "one_process": alone, "lanes": lanes, "speedup": sum(lanes) / alone})
+        print(f"| {w} | {alone:.0f} | {' / '.join(f'{v:.0f}' for v in lanes)} | {sum(lanes):.0f} | "
+              f"{sum(lanes) / alone:.2f}x |", flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"cores": cores, "loadavg_before": load, "loadavg_after": os.getloadavg(),
+                                          "machine": platform.processor() or platform.machine(), "commit": commit,
+                                          "seconds": args.seconds, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

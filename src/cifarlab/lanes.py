@@ -1,0 +1,155 @@
+"""Train a plan's runs several at a time: N lanes, each a sequence of runs in its own process with
+cores/N threads.
+
+Why: on a 2-core CPU one training process with two threads is no faster than one with one thread
+(measured in benchmarks/RESULTS.md, "Two runs at a time"), so two runs side by side finish in the time of
+one. Runs that share a MobileNet view cache (MNET1 and MNET2 of one seed) go in the same lane, in plan
+order, so the cache is built once and never waited for. Lanes are filled longest-first (LPT).
+
+A lane's process is `python -m cifarlab.lanes SPEC_JSON`: it trains the run whose config.yaml the parent
+wrote (or resumes it) under the usual run control, quietly, into RUN_DIR/train.log, then (with `finish`)
+does the run's own evaluation stages (reproduce.finish_run), so a lane that is done training evaluates
+while another still trains. Ctrl-C
+reaches every lane's process (one process group): each stops at a batch boundary keeping its last
+epoch. If a run fails, the other lanes are stopped the same way and its one-line error is raised.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cifarlab.config import Config, load_config, save_config
+from cifarlab.errors import UserError
+
+
+def assign(chains: list[list[int]], costs: Sequence[float], n_lanes: int) -> list[list[int]]:
+    """Job indices per lane: chains (jobs that must run in order in one lane) longest first, each to the
+    lane with the least work so far."""
+    lanes: list[list[int]] = [[] for _ in range(n_lanes)]
+    load = [0.0] * n_lanes
+    for chain in sorted(chains, key=lambda c: -sum(costs[i] for i in c)):
+        k = load.index(min(load))
+        lanes[k] += chain
+        load[k] += sum(costs[i] for i in chain)
+    return [lane for lane in lanes if lane]
+
+
+def view_chains(cfgs: Sequence[Config]) -> list[list[int]]:
+    """Runs sharing a MobileNet view cache (same backbone, views, augmentation, seed, data) form one chain."""
+    chains: dict[object, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        key = (c.model, c.alpha, c.weights, c.input_size, c.aug_views, str(c.augment), c.seed, c.train_subset) \
+            if c.model.startswith("mobilenet") and c.aug_views else i
+        chains.setdefault(key, []).append(i)
+    return list(chains.values())
+
+
+def progress_line(run_dir: Path, epochs: int) -> str:
+    """'imp2-laptop 7/40 (val 71.2 %)' from the run's history.csv (written atomically after each epoch)."""
+    try:
+        rows = list(csv.DictReader(open(run_dir / "history.csv")))
+    except OSError:
+        rows = []
+    if not rows:
+        return f"{run_dir.name} starting"
+    return f"{run_dir.name} {rows[-1]['epoch']}/{epochs} (val {float(rows[-1]['val_acc']):.1%})"
+
+
+def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], data: str | None, n_lanes: int,
+                   say: Callable[[str], None], every: float = 60.0, finish: list[dict] | None = None) -> None:
+    """Train every (run_dir, cfg) in n_lanes processes; returns when all are finished. finish[i], if given,
+    holds the keyword arguments of reproduce.finish_run for run i (done in its lane after training)."""
+    threads = max(1, (os.cpu_count() or 1) // n_lanes)
+    lanes = assign(view_chains([c for _, c in runs]), costs, n_lanes)
+    for run_dir, cfg in runs:
+        if not (run_dir / "config.yaml").is_file():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+    say(f"training {len(runs)} runs in {len(lanes)} lanes of {threads} thread(s): "
+        + "; ".join(" -> ".join(runs[i][0].name for i in lane) for lane in lanes))
+    active: dict[int, tuple[Path, int]] = {}  # lane -> (run_dir, epochs) now training
+    failures: list[str] = []
+    procs: dict[int, subprocess.Popen] = {}
+    stop = threading.Event()
+
+    def lane_worker(k: int, lane: list[int]) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "CIFARLAB_THREADS": str(threads)}
+        for i in lane:
+            if stop.is_set():
+                return
+            run_dir, cfg = runs[i]
+            active[k] = (run_dir, cfg.epochs)
+            spec = {"run_dir": str(run_dir), "data": data, "finish": finish[i] if finish else None}
+            cmd = [sys.executable, "-m", "cifarlab.lanes", json.dumps(spec)]
+            procs[k] = p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            _, err = p.communicate()
+            if p.returncode != 0:
+                lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+                failures.append(f"{run_dir.name}: {lines[-1] if lines else f'exit code {p.returncode}'}")
+                stop.set()
+                return
+            say(f"{run_dir.name}: finished ({progress_line(run_dir, cfg.epochs)})")
+        active.pop(k, None)
+
+    workers = [threading.Thread(target=lane_worker, args=(k, lane), daemon=True) for k, lane in enumerate(lanes)]
+    for w in workers:
+        w.start()
+    try:
+        last = time.monotonic()
+        while any(w.is_alive() for w in workers):
+            time.sleep(0.5)
+            if stop.is_set():  # one run failed: stop the others at their next batch boundary
+                for p in procs.values():
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGTERM)
+            if time.monotonic() - last >= every:
+                last = time.monotonic()
+                say("  " + " | ".join(progress_line(d, e) for d, e in list(active.values())))
+    except KeyboardInterrupt:  # the lanes got the same SIGINT and stop at a batch boundary; wait for them
+        for w in workers:
+            w.join()
+        raise UserError("interrupted: each run keeps its last finished epoch; run the same command again to "
+                        "resume") from None
+    if failures:
+        raise UserError(failures[0])
+
+
+def _worker_main(spec_json: str) -> int:
+    """One lane's run: train RUN_DIR from its config.yaml, resuming from last.pt if there is one, then its
+    finishing stages. Errors end as one stderr line (the parent quotes the last line), like the CLI's."""
+    import torch
+
+    from cifarlab.data import load_cifar10
+    from cifarlab.train import fit
+
+    spec = json.loads(spec_json)
+    torch.set_num_threads(int(os.environ.get("CIFARLAB_THREADS", "1")))
+    path = Path(spec["run_dir"])
+    try:
+        cfg = load_config(path / "config.yaml")
+        cifar = load_cifar10(spec["data"] or cfg.data, progress=False)
+        fit(cfg, cifar, path, resume=(path / "last.pt").is_file(), quiet=True)
+        if spec["finish"] is not None:
+            from cifarlab.reproduce import finish_run  # the study's stages, one level up from here
+
+            finish_run(path, cifar, say=lambda msg: None, **spec["finish"])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(str(e) or "interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1]))

@@ -1,0 +1,180 @@
+"""The study's profiles: which preset trains each of Table 2's five rows, with what overrides, and what it
+costs. `reproduce` runs a plan; `reproduce --dry-run` prints it.
+
+- study:  the paper's recipe as published (Adam with manual drops, IMP2 150 epochs, MNETs with
+          augmentation through the whole backbone every epoch). Hours on a CPU; for GPU machines.
+          `full` is its old name and still works.
+- laptop: the same five networks, data protocol and augmentation, with training recipes chosen for
+          time-to-accuracy (the `*-laptop` presets, each saying what differs from the paper and why),
+          trained two at a time on a 2-core CPU. About 90 minutes on 2 CPU cores.
+- quick:  the smoke run: class-balanced subsets and short schedules, MNETs without augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cifarlab.config import Config, resolve_config
+from cifarlab.data.augment import augment_config
+from cifarlab.errors import UserError
+
+ROWS = ("base", "imp1", "imp2", "mnet1", "mnet2")  # Table 2's rows, in its order
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    presets: dict[str, str]  # row -> preset
+    sets: dict[str, list[str]] = field(default_factory=dict)  # row -> `--set` overrides
+    robustness_limit: int = 500  # validation images per corruption setting
+    note: str = ""  # said in the report
+
+
+QUICK_SETS = {
+    "base": ["train_subset=10000", "epochs=4", "lr_drops=[[3, 0.1]]"],
+    "imp1": ["train_subset=15000", "epochs=10", "lr_drops=[[7, 0.1]]"],
+    "imp2": ["train_subset=15000", "epochs=10", "lr_drops=[[7, 0.1]]"],
+    "mnet1": ["train_subset=10000", "epochs=5", "augment=null"],
+    "mnet2": ["train_subset=10000", "epochs=8", "lr_drops=[[6, 0.1]]", "augment=null"],
+}
+
+PROFILES = {
+    "study": Profile("study", {r: r for r in ROWS}, robustness_limit=2000,
+                     note="Study profile: the paper's recipes as published (the presets base, imp1, imp2, mnet1, "
+                     "mnet2)."),
+    "laptop": Profile("laptop", {r: f"{r}-laptop" for r in ROWS}, robustness_limit=500,
+                      note="Laptop profile: the study's networks, data protocol and augmentation, with training "
+                      "recipes chosen for time-to-accuracy on 2 CPU cores (each *-laptop preset says what differs "
+                      "from the paper and why); the MobileNets see a fixed pool of augmented views embedded once."),
+    "quick": Profile("quick", {r: r for r in ROWS}, QUICK_SETS, robustness_limit=500,
+                     note="Quick profile: class-balanced training subsets and short schedules (MNETs without "
+                     "augmentation), so accuracies sit below what the other profiles reach. A smoke run."),
+}
+ALIASES = {"full": "study"}
+
+
+def get_profile(name: str) -> Profile:
+    name = ALIASES.get(name, name)
+    if name not in PROFILES:
+        raise UserError(f"--profile must be one of {', '.join([*PROFILES, *ALIASES])}, got '{name}'")
+    return PROFILES[name]
+
+
+def auto_profile() -> tuple[str, str]:
+    """(profile, why) for a run without --profile: the study's recipe where a GPU makes it affordable."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "study", f"a CUDA GPU is available ({torch.cuda.get_device_name(0)})"
+    return "laptop", "no CUDA GPU here, and the study's own recipe takes hours on a CPU"
+
+
+@dataclass
+class Job:
+    row: str  # Table 2's row: base, imp1, imp2, mnet1, mnet2
+    preset: str
+    seed: int
+    run_dir: Path
+    cfg: Config
+
+
+def run_folder(out: Path, profile: str) -> Path:
+    """OUT/runs/<profile>; the study profile keeps runs made under its old name `full`."""
+    name = ALIASES.get(profile, profile)
+    legacy = Path(out) / "runs" / "full"
+    if name == "study" and legacy.is_dir() and not (Path(out) / "runs" / "study").is_dir():
+        return legacy
+    return Path(out) / "runs" / name
+
+
+def plan(out: Path, profile: str, seeds: int, weights: str | None,
+         overrides: dict[str, list[str]] | None = None) -> list[Job]:
+    """The runs to do. `overrides` adds `--set`-style values per row (e.g. tiny runs in tests)."""
+    prof = get_profile(profile)
+    if seeds < 1:
+        raise UserError(f"--seeds must be positive, got {seeds}")
+    folder = run_folder(out, profile)
+    jobs = []
+    for row in ROWS:
+        preset = prof.presets[row]
+        for seed in range(seeds):
+            sets = prof.sets.get(row, []) + (overrides or {}).get(row, []) + [f"seed={seed}"]
+            cfg = resolve_config(preset, sets, weights=weights if row.startswith("mnet") else None)
+            jobs.append(Job(row, preset, seed, folder / f"{preset}-seed{seed}", cfg))
+    return jobs
+
+
+# ---------------------------------------------------------------- the cost model
+
+# Seconds per image on the 2-core development machine, fitted to measured runs (benchmarks/RESULTS.md,
+# "Cost model"). Training runs two at a time in the laptop profile; one process per core was measured
+# to train as fast as one process on both cores, so the per-run speeds are the same either way.
+SEC = {
+    "base_train": 1 / 560, "imp_train": 1 / 560,  # per training image (with or without augmentation)
+    "base_eval": 1 / 1600, "imp_eval": 1 / 1600,  # per validation image, once per epoch
+    "mobilenet_embed": 1 / 150,  # frozen MobileNet v1 at 128 px, per image
+    "mobilenet_full": 1 / 150,  # a whole MobileNet forward at 128 px (evaluation)
+    "mnet1_tail": 1 / 9000,  # per cached image per epoch: the frozen last unit + head
+    "mnet2_tail": 1 / 1300,  # the trainable last unit + head, forward and backward
+}
+EVAL_EXTRA = {"base": 20.0, "imp": 25.0, "mobilenet": 150.0}  # evaluation, photos and figures after training
+ROBUSTNESS_SETTINGS = 36  # corruption x severity settings + sharpening, on `robustness_limit` images
+
+
+def estimate_seconds(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0, views_cached: bool = False) -> float:
+    """Training + evaluation + robustness + figures for one run, from the fitted per-image costs.
+    `views_cached`: an earlier run of the plan embeds the same MobileNet views (MNET1 for MNET2)."""
+    n = cfg.train_subset or 50_000
+    if cfg.model.startswith("mobilenet"):
+        kind = "mnet1" if cfg.trainable == "head" else "mnet2"
+        if augment_config(cfg).enabled and not cfg.aug_views:  # the study's way: the whole backbone, every epoch
+            train = cfg.epochs * (n + n_val) * SEC["mobilenet_embed"]
+        else:
+            embed = 0 if views_cached else (max(cfg.aug_views, 1) * n + n_val) * SEC["mobilenet_embed"]
+            train = embed + cfg.epochs * (n + n_val) * SEC[f"{kind}_tail"]
+        after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * SEC["mobilenet_full"]
+        return train + after + EVAL_EXTRA["mobilenet"]
+    model = "base" if cfg.model == "base" else "imp"
+    train = cfg.epochs * (n * SEC[f"{model}_train"] + n_val * SEC[f"{model}_eval"])
+    after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * SEC[f"{model}_eval"]
+    return train + after + EVAL_EXTRA[model]
+
+
+def estimate_plan(jobs: list[Job], robustness_limit: int = 0) -> list[float]:
+    """Seconds per job; MobileNet runs that share a view cache pay for embedding it once."""
+    seen, out = set(), []
+    for j in jobs:
+        c = j.cfg
+        key = (c.model, c.alpha, c.weights, c.input_size, c.aug_views, str(c.augment), c.seed, c.train_subset)
+        shared = c.model.startswith("mobilenet") and c.aug_views > 0 and key in seen
+        seen.add(key)
+        out.append(estimate_seconds(c, robustness_limit=robustness_limit, views_cached=shared))
+    return out
+
+
+def default_jobs() -> int:
+    """Trainings at once: one per core pair on a CPU (measured: two one-thread runs train as fast each as one
+    two-thread run), one on a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(2, (os.cpu_count() or 1)))
+
+
+def plan_yaml(jobs: list[Job], seconds: list[float], profile: str, n_lanes: int) -> str:
+    """`reproduce --dry-run`: one YAML document per run (its future config.yaml + estimated_minutes), then
+    the total: the sum of the runs' minutes and the wall time with n_lanes trainings at once."""
+    import yaml
+
+    from cifarlab.lanes import assign, view_chains
+
+    docs = [f"# {j.run_dir}\n" + yaml.safe_dump({**j.cfg.to_dict(), "estimated_minutes": round(s / 60, 1)},
+                                                   sort_keys=False) for j, s in zip(jobs, seconds)]
+    lanes = assign(view_chains([j.cfg for j in jobs]), seconds, n_lanes)
+    wall = max(sum(seconds[i] for i in lane) for lane in lanes)
+    total = {"profile": ALIASES.get(profile, profile), "runs": len(jobs), "jobs": n_lanes,
+             "estimated_minutes": round(wall / 60, 1), "estimated_run_minutes": round(sum(seconds) / 60, 1)}
+    return "---\n".join(docs + [yaml.safe_dump(total, sort_keys=False)])

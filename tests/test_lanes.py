@@ -1,0 +1,39 @@
+"""Several runs at once: lane assignment, view-cache chains, and real runs trained in two lanes."""
+
+import pytest
+
+from cifarlab.config import load_config, resolve_config
+from cifarlab.errors import UserError
+from cifarlab.lanes import assign, train_in_lanes, view_chains
+
+
+def test_longest_chains_first_each_to_the_least_loaded_lane():
+    costs = [10, 50, 20, 20, 5]
+    lanes = assign([[0], [1], [2, 3], [4]], costs, 2)
+    assert lanes == [[1, 4], [2, 3, 0]]  # 50 | 40; then 10 to the lighter lane (50 | 50), 5 to the first
+    assert assign([[0], [1]], [1, 1], 4) == [[0], [1]]  # no empty lanes
+
+
+def test_mobilenets_sharing_views_form_one_chain_in_plan_order():
+    mnet = ["weights=null", "aug_views=2"]
+    cfgs = [resolve_config("imp2"), resolve_config("mnet1", mnet), resolve_config("mnet2", mnet),
+            resolve_config("mnet1", mnet + ["seed=1"]), resolve_config("mnet1", ["weights=null"])]
+    assert sorted(view_chains(cfgs)) == [[0], [1, 2], [3], [4]]
+
+
+def test_two_lanes_train_every_run_to_the_end(tiny_tree, tmp_path):
+    runs = [(tmp_path / f"r{i}", resolve_config("imp1", ["epochs=2", "batch_size=16", f"seed={i}"])) for i in range(3)]
+    said = []
+    train_in_lanes(runs, [1, 1, 1], str(tiny_tree), 2, said.append, every=0.5)
+    for run_dir, cfg in runs:
+        assert load_config(run_dir / "config.yaml") == cfg
+        assert len((run_dir / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert "2 lanes" in said[0] and sum("finished" in s for s in said) == 3
+
+
+def test_a_failing_run_stops_the_lanes_with_its_one_line_error(tiny_tree, tmp_path):
+    bad = resolve_config("imp1", ["epochs=1"])
+    bad.data = str(tmp_path / "missing")
+    runs = [(tmp_path / "bad", bad)]
+    with pytest.raises(UserError, match="^bad: error: .*missing"):
+        train_in_lanes(runs, [1], None, 2, lambda s: None)
