@@ -141,3 +141,16 @@ def test_fit_on_views_trains_and_resumes_exactly(tiny_tree, tmp_path):
     assert resumed["val_accuracy"] == straight["val_accuracy"]
     a, b = (load_checkpoint(tmp_path / r / "last.pt")["model"] for r in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_without_augmentation_one_view_is_the_plain_images_shared_by_both_mnets(tiny_tree, tmp_path, capsys):
+    from cifarlab.config import resolve_config
+    from cifarlab.data import load_cifar10
+    from cifarlab.train import fit
+
+    data = load_cifar10(str(tiny_tree), progress=False)
+    sets = ["weights=null", "alpha=0.25", "input_size=32", "augment=null", "aug_views=1", "batch_size=16", "epochs=1"]
+    fit(resolve_config("mnet1", sets), data, tmp_path / "m1")
+    fit(resolve_config("mnet2", sets), data, tmp_path / "m2")
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "1 un-augmented view(s)" in ln]
+    assert len(said) == 2 and said[0].split(" from ")[1].split()[0] == said[1].split(" from ")[1].split()[0]

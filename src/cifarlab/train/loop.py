@@ -182,7 +182,7 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
     net = model  # what the loop trains: the whole model, or only its tail on cached embeddings
     embed_seconds = 0.0
     if state["epoch"] < cfg.epochs and isinstance(model, TransferNet) and cfg.cache_features \
-            and not augment_config(cfg).enabled:
+            and not augment_config(cfg).enabled and not cfg.aug_views:
         t0 = time.perf_counter()
         train_x = embed_all(model, train_x, EMBED_BATCH, quiet, "embedding train set")
         val_x = embed_all(model, val_x, EMBED_BATCH, quiet, "embedding validation set")
@@ -191,16 +191,18 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
         log(f"cached frozen-part outputs {tuple(train_x.shape[1:])} for {len(train_x) + len(val_x)} images "
             f"in {embed_seconds:.0f}s; training the last {sum(p.numel() for p in net.parameters()):,} "
             "parameters on them")
-    views = None  # with augmentation and aug_views = K: K augmented views embedded once, one per epoch
-    if state["epoch"] < cfg.epochs and isinstance(model, TransferNet) and cfg.aug_views \
-            and augment_config(cfg).enabled:
+    # aug_views = K: K augmented views (or, without augmentation, the images) embedded once into a cache
+    # that MNET1 and MNET2 share; one view per epoch
+    views = None
+    if state["epoch"] < cfg.epochs and isinstance(model, TransferNet) and cfg.aug_views:
         t0 = time.perf_counter()
         views = viewcache.load_or_build(model, train_x.cpu(), val_x.cpu(), augment_config(cfg), cfg.aug_views,
                                         cfg.seed, default_cache_dir(), quiet or not writer, log)
         val_x = torch.from_numpy(np.array(views.val)).to(device)
         net = model.shared_tail_module()
         embed_seconds = time.perf_counter() - t0
-        log(f"{views.k} augmented views of {len(train_x)} images from {views.folder} ({views.nbytes / 2**30:.1f} GiB "
+        kind = "augmented" if augment_config(cfg).enabled else "un-augmented"
+        log(f"{views.k} {kind} view(s) of {len(train_x)} images from {views.folder} ({views.nbytes / 2**30:.1f} GiB "
             f"on disk, memory-mapped) in {embed_seconds:.0f}s; training the last "
             f"{sum(p.numel() for p in net.parameters() if p.requires_grad):,} parameters on them")
 
