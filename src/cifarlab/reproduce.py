@@ -157,13 +157,18 @@ def report_stage(run_dirs: list[Path], cifar: Any, tests: dict[str, Any], testse
 
     from cifarlab.data.augment import preview_grid
     from cifarlab.evaluate.compare import table2_rows, write_table2
+    from cifarlab.evaluate.findings import check_findings, format_findings
     from cifarlab.evaluate.testset import filter_preview
-    from cifarlab.io import atomic_write
+    from cifarlab.io import atomic_write, write_text
     from cifarlab.report import write_report
 
     rows = table2_rows(run_dirs)
     md, _ = write_table2(rows, out, no_test=not tests)
     say(md.read_text())
+    found = check_findings(rows, len(cifar.val_y), len(tests["test"].y) if tests else 0)
+    write_text(out / "findings.md", f"The study's findings against this run ({prof.name} profile); 'not clear' means "
+               "within two standard errors.\n\n" + format_findings(found) + "\n")
+    say(format_findings(found))
     extra = {"augment_preview": out / "augment_preview.png"}
     first = torch.stack([torch.nonzero(cifar.val_y == c)[0, 0] for c in range(10)])  # one image per class
     grid = preview_grid(cifar.val_x[first], augment_config(resolve_config("imp2")), n_aug=8)
@@ -173,6 +178,7 @@ def report_stage(run_dirs: list[Path], cifar: Any, tests: dict[str, Any], testse
         atomic_write(preview, lambda f: filter_preview(tests["test"]).save(f, format="PNG"))
         extra["filter_preview"] = preview
     notes = [prof.note, f"Data: {cifar.source}. Test set: {testset or 'none'}."]
+    notes += [f"Finding ({f['id']}) {f['claim']}: {f['verdict']} ({f['ours']})." for f in found]
     return write_report(run_dirs, out / "report", table2=rows, notes=notes, extra_images=extra,
                         title=f"cifarlab: the study reproduced ({prof.name} profile)")
 

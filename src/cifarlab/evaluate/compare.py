@@ -44,19 +44,25 @@ def run_accuracies(run_dir: Path) -> dict[str, float | None]:
 
 
 def table2_rows(run_dirs: list[Path]) -> list[dict[str, Any]]:
-    """One row per preset: mean and std (over seeds) of each set's accuracy, in %, with the study's."""
+    """One row per preset: mean and std (over seeds) of each set's accuracy, in %, with the study's. A
+    preset that `extends` a study preset (e.g. imp2-laptop) is compared with that row of the study."""
     groups: dict[str, list[dict[str, float | None]]] = {}
+    study_row: dict[str, str] = {}
     for run in run_dirs:
         cfg = RunDir(run).load_config()
-        groups.setdefault(cfg.preset or cfg.model, []).append(run_accuracies(run))
+        key = cfg.preset or cfg.model
+        groups.setdefault(key, []).append(run_accuracies(run))
+        study_row[key] = cfg.extends or key
     rows = []
     for preset, accs in groups.items():
-        row: dict[str, Any] = {"model": preset.upper(), "preset": preset, "n_runs": len(accs)}
+        base = study_row[preset]
+        label = base.upper() + (f" ({preset.removeprefix(base + '-')})" if preset != base else "")
+        row: dict[str, Any] = {"model": label, "preset": preset, "row": base, "n_runs": len(accs)}
         for name in SETS:
             values = [a[name] * 100 for a in accs if a[name] is not None]
             row[name] = round(statistics.mean(values), 2) if values else None
             row[f"{name}_std"] = round(statistics.stdev(values), 2) if len(values) > 1 else None
-        study = STUDY_TABLE2.get(preset)
+        study = STUDY_TABLE2.get(base)
         for name, value in zip(SETS, study or (None,) * 3):
             row[f"study_{name}"] = value
         rows.append(row)
