@@ -46,6 +46,9 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     eta = _wall_seconds(plan_jobs, seconds, todo, lanes)
     say(f"{prof.name} profile: {len(plan_jobs)} runs ({len(plan_jobs) - len(todo)} finished), {lanes} at a time; "
         f"ETA {fmt_time(eta)} with evaluation, robustness and figures (--dry-run prints the plan)")
+    if prof.name == "study" and not _cuda():
+        say("note: the study profile's recipes are for GPU machines; on this CPU they take the ETA above "
+            "(--profile laptop: the same networks, data and augmentation, recipes chosen for time-to-accuracy)")
     t_start = time.perf_counter()
     # each run's own stages; in lanes they follow its training in the same process
     finish = [{"testset": testset, "limit": prof.robustness_limit, "figures": j.seed == 0} for j in plan_jobs]
@@ -58,6 +61,12 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     index = report_stage(run_dirs, cifar, tests, testset, out, prof, say)
     say(f"report: {index} (total {fmt_time(time.perf_counter() - t_start)}, estimated {fmt_time(eta)})")
     return index
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _check_inputs(jobs: list[Job], data: str | None, testset: str | None, quiet: bool,
