@@ -37,3 +37,40 @@ def test_a_failing_run_stops_the_lanes_with_its_one_line_error(tiny_tree, tmp_pa
     runs = [(tmp_path / "bad", bad)]
     with pytest.raises(UserError, match="^bad: error: .*missing"):
         train_in_lanes(runs, [1], None, 2, lambda s: None)
+
+
+def test_ctrl_c_stops_every_lane_and_the_same_call_resumes(tiny_tree, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from cifarlab.config import resolve_config
+        from cifarlab.lanes import train_in_lanes
+        from cifarlab.train.runctl import Interrupted
+        runs = [(Path({str(tmp_path)!r}) / f"r{{i}}", resolve_config("imp1", ["epochs=15", "batch_size=8", f"seed={{i}}"]))
+                for i in range(2)]
+        try:
+            train_in_lanes(runs, [1, 1], {str(tiny_tree)!r}, 2, print)
+        except Interrupted as e:
+            print(e, file=sys.stderr)
+            sys.exit(130)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline = time.time() + 120
+    while not all((tmp_path / f"r{i}" / "history.csv").is_file() for i in range(2)) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "run the same command again to resume" in err
+    done = [len((tmp_path / f"r{i}" / "history.csv").read_text().splitlines()) - 1 for i in range(2)]
+    assert all(0 < d < 15 for d in done)  # both stopped part-way, each with its finished epochs kept
+    runs = [(tmp_path / f"r{i}", resolve_config("imp1", ["epochs=15", "batch_size=8", f"seed={i}"])) for i in range(2)]
+    train_in_lanes(runs, [1, 1], str(tiny_tree), 2, lambda s: None)
+    assert all(len((tmp_path / f"r{i}" / "history.csv").read_text().splitlines()) == 16 for i in range(2))

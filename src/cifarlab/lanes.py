@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 from cifarlab.config import Config, load_config, save_config
 from cifarlab.errors import UserError
+from cifarlab.train.runctl import Interrupted
 
 
 def assign(chains: list[list[int]], costs: Sequence[float], n_lanes: int) -> list[list[int]]:
@@ -117,8 +118,8 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
     except KeyboardInterrupt:  # the lanes got the same SIGINT and stop at a batch boundary; wait for them
         for w in workers:
             w.join()
-        raise UserError("interrupted: each run keeps its last finished epoch; run the same command again to "
-                        "resume") from None
+        raise Interrupted("interrupted: each run keeps its last finished epoch; run the same command again to "
+                          "resume") from None
     if failures:
         raise UserError(failures[0])
 
