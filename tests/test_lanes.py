@@ -74,3 +74,15 @@ def test_ctrl_c_stops_every_lane_and_the_same_call_resumes(tiny_tree, tmp_path):
     runs = [(tmp_path / f"r{i}", resolve_config("imp1", ["epochs=15", "batch_size=8", f"seed={i}"])) for i in range(2)]
     train_in_lanes(runs, [1, 1], str(tiny_tree), 2, lambda s: None)
     assert all(len((tmp_path / f"r{i}" / "history.csv").read_text().splitlines()) == 16 for i in range(2))
+
+
+def test_eta_counts_finished_epochs_and_scales_by_the_pace_so_far(tmp_path):
+    from cifarlab.lanes import eta_seconds
+
+    runs = [(tmp_path / f"r{i}", resolve_config("imp1", ["epochs=4"])) for i in range(3)]
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")  # half of r1 done
+    lanes = [[0], [1, 2]]
+    # done so far: r1's half (50 s estimated) in 100 s of wall time: pace 2; lane 0 still has 100, lane 1 150
+    assert eta_seconds(lanes, runs, [100, 100, 100], set(), 100.0) == 300.0
+    assert eta_seconds(lanes, runs, [100, 100, 100], {0}, 150.0) == 150 * 150 / 150  # r0 done: pace 1

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 from cifarlab.config import Config, load_config, save_config
 from cifarlab.errors import UserError
+from cifarlab.train.progress import fmt_time
 from cifarlab.train.runctl import Interrupted
 
 
@@ -54,15 +55,36 @@ def view_chains(cfgs: Sequence[Config]) -> list[list[int]]:
     return list(chains.values())
 
 
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    try:
+        with open(run_dir / "history.csv") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
 def progress_line(run_dir: Path, epochs: int) -> str:
     """'imp2-laptop 7/40 (val 71.2 %)' from the run's history.csv (written atomically after each epoch)."""
-    try:
-        rows = list(csv.DictReader(open(run_dir / "history.csv")))
-    except OSError:
-        rows = []
+    rows = _history(run_dir)
     if not rows:
         return f"{run_dir.name} starting"
     return f"{run_dir.name} {rows[-1]['epoch']}/{epochs} (val {float(rows[-1]['val_acc']):.1%})"
+
+
+def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], costs: Sequence[float],
+                done: set[int], elapsed: float) -> float:
+    """Time left: each lane's estimated work still to do (epochs done count as done), scaled by the pace
+    measured so far (elapsed time over the estimated work already done); the slowest lane's."""
+    left, did = [], 0.0
+    for lane in lanes:
+        rest = 0.0
+        for i in lane:
+            frac = 1.0 if i in done else len(_history(runs[i][0])) / runs[i][1].epochs
+            did += costs[i] * frac
+            rest += costs[i] * (1 - frac)
+        left.append(rest)
+    pace = elapsed / did if did > 0.05 * sum(costs) else 1.0
+    return max(left) * pace
 
 
 def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], data: str | None, n_lanes: int,
@@ -81,6 +103,8 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
     failures: list[str] = []
     procs: dict[int, subprocess.Popen] = {}
     stop = threading.Event()
+    done: set[int] = set()
+    t0 = time.monotonic()
 
     def lane_worker(k: int, lane: list[int]) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "CIFARLAB_THREADS": str(threads)}
@@ -98,6 +122,7 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
                 failures.append(f"{run_dir.name}: {lines[-1] if lines else f'exit code {p.returncode}'}")
                 stop.set()
                 return
+            done.add(i)
             say(f"{run_dir.name}: finished ({progress_line(run_dir, cfg.epochs)})")
         active.pop(k, None)
 
@@ -114,7 +139,8 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
                         p.send_signal(signal.SIGTERM)
             if time.monotonic() - last >= every:
                 last = time.monotonic()
-                say("  " + " | ".join(progress_line(d, e) for d, e in list(active.values())))
+                eta = eta_seconds(lanes, runs, costs, done, last - t0)
+                say("  " + " | ".join(progress_line(d, e) for d, e in list(active.values())) + f" | ETA {fmt_time(eta)}")
     except KeyboardInterrupt:  # the lanes got the same SIGINT and stop at a batch boundary; wait for them
         for w in workers:
             w.join()
