@@ -15,10 +15,15 @@ def verdicts(table, n_val=10_000, n_test=283, **kw):
     return {f["id"]: f["verdict"] for f in check_findings(rows(table, **kw), n_val, n_test)}
 
 
-def test_the_studys_own_table_2_makes_every_finding_hold_but_the_small_ones():
-    v = verdicts(STUDY)
-    assert v["a"] == "holds" and v["c"] == "holds" and v["d"] == "holds"
-    assert v["b"] == "not clear"  # +1.1 points on validation, +4 on 200-odd photos: within noise on photos
+def test_the_studys_own_table_2_makes_every_finding_hold():
+    # (b): +1.1 points on 10,000 validation images is outside 2 SE (0.9); +4 on 283 photos is not, and
+    # a set that cannot tell does not veto one that can
+    assert verdicts(STUDY) == {"a": "holds", "b": "holds", "c": "holds", "d": "holds"}
+
+
+def test_sets_that_clearly_disagree_make_a_finding_not_clear():
+    split = {**STUDY, "imp2": (90.0, 40.0, 79.0)}  # better on validation, far worse on photos
+    assert verdicts(split, n_test=5000)["b"] == "not clear"
 
 
 def test_each_finding_can_fail():

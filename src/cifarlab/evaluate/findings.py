@@ -63,8 +63,9 @@ def check_findings(rows: list[dict[str, Any]], n_val: int, n_test: int) -> list[
         if one and two:
             parts.append((name, two[0] - one[0], math.hypot(one[1], two[1])))
     if parts:
-        verdicts = {_verdict(d, se) for _, d, se in parts}
-        verdict = verdicts.pop() if len(verdicts) == 1 else "not clear"
+        # the sets that tell (outside two standard errors) decide; if they disagree, it is not clear
+        clear = {_verdict(d, se) for _, d, se in parts} - {"not clear"}
+        verdict = clear.pop() if len(clear) == 1 else "not clear"
         out.append({"id": "b", "claim": "augmentation helps IMP (IMP2 above IMP1)",
                     "ours": ", ".join(f"{name} {d:+.1f} ± {se:.1f} points" for name, d, se in parts),
                     "verdict": verdict})
