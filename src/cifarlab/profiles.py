@@ -109,18 +109,19 @@ def plan(out: Path, profile: str, seeds: int, weights: str | None,
 
 # ---------------------------------------------------------------- the cost model
 
-# Seconds per image on the 2-core development machine, fitted to measured runs (benchmarks/RESULTS.md,
-# "Cost model"). Training runs two at a time in the laptop profile; one process per core was measured
-# to train as fast as one process on both cores, so the per-run speeds are the same either way.
+# Seconds per image on the 2-core development machine, fitted to the measured laptop run of 2026-12-02
+# (benchmarks/RESULTS.md, "The study on a laptop"): one thread per run, two runs at a time. One process
+# per core was measured to train about as fast as one process on both cores (same section), so the
+# per-run speeds hold for one run at a time too.
 SEC = {
-    "base_train": 1 / 560, "imp_train": 1 / 560,  # per training image (with or without augmentation)
-    "base_eval": 1 / 1600, "imp_eval": 1 / 1600,  # per validation image, once per epoch
-    "mobilenet_embed": 1 / 150,  # frozen MobileNet v1 at 128 px, per image
-    "mobilenet_full": 1 / 150,  # a whole MobileNet forward at 128 px (evaluation)
-    "mnet1_tail": 1 / 9000,  # per cached image per epoch: the frozen last unit + head
-    "mnet2_tail": 1 / 1300,  # the trainable last unit + head, forward and backward
+    "base_train": 1 / 420, "imp_train": 1 / 560,  # per training image (IMP with or without augmentation)
+    "base_eval": 1 / 1200, "imp_eval": 1 / 1600,  # per validation image, once per epoch
+    "mobilenet_embed": 1 / 126,  # frozen MobileNet v1 at 128 px, per image (augmented views built once)
+    "mobilenet_full": 1 / 115,  # a whole MobileNet forward at 128 px (evaluation and robustness)
+    "mnet1_tail": 1 / 2700,  # per cached image per epoch: the frozen last unit + head
+    "mnet2_tail": 1 / 1090,  # the trainable last unit + head, forward and backward
 }
-EVAL_EXTRA = {"base": 20.0, "imp": 25.0, "mobilenet": 150.0}  # evaluation, photos and figures after training
+EVAL_EXTRA = {"base": 25.0, "imp": 25.0, "mobilenet": 30.0}  # photos, figures, loading, after training
 ROBUSTNESS_SETTINGS = 36  # corruption x severity settings + sharpening, on `robustness_limit` images
 
 
