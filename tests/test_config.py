@@ -18,7 +18,7 @@ def test_imp_presets_follow_the_study():
     assert not (imp1.augment.rotation or imp1.augment.hflip)
     a = imp2.augment
     assert (a.rotation, a.width_shift, a.height_shift, a.zoom, a.channel_shift, a.hflip, a.fill) == \
-        (20, 0.1, 0.1, [0.8, 1.3], 0.2, True, "nearest")
+        (20, 0.1, 0.1, (0.8, 1.3), 0.2, True, "nearest")
     assert imp2.epochs > imp1.epochs  # "convergence took roughly 8 times more epochs"
 
 

@@ -18,20 +18,35 @@ import yaml
 from cifarlab.errors import UserError
 
 
-@dataclass
-class Augment:
-    """Keras ImageDataGenerator settings (see cifarlab.data.augment for the exact mapping)."""
-    rotation: float = 0.0
-    width_shift: float = 0.0
-    height_shift: float = 0.0
-    zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])
-    channel_shift: float = 0.0
-    hflip: bool = False
-    fill: str = "nearest"
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The `augment` section: Keras ImageDataGenerator settings, applied by cifarlab.data.augment (see
+    there for the exact mapping). Checked when made; frozen, so it hashes and its str (part of the
+    MobileNet view cache's key) is the same in every run with the same settings."""
+    rotation: float = 0.0  # degrees; angle ~ U(-rotation, rotation)
+    width_shift: float = 0.0  # fraction of width; tx ~ U(-ws, ws)
+    height_shift: float = 0.0  # fraction of height; ty ~ U(-hs, hs)
+    zoom: tuple[float, float] = (1.0, 1.0)  # Keras zoom_range [lo, hi]; > 1 zooms out; YAML's list becomes a tuple
+    channel_shift: float = 0.0  # on [0, 1] pixels; one value for all channels
+    hflip: bool = False  # p = 0.5
+    fill: str = "nearest"  # 'nearest' | 'constant' | 'reflect'
     # fast-trainer augmentation (no warp): random translation by up to `translate` pixels (reflect
     # padding) and, with alternate_flip, each image flipped in every other epoch instead of at random
     translate: int = 0
     alternate_flip: bool = False
+
+    def __post_init__(self) -> None:
+        _check_augment(self)  # before zoom becomes floats: an error shows the numbers as given
+        object.__setattr__(self, "zoom", tuple(float(z) for z in self.zoom))
+
+    @property
+    def geometric(self) -> bool:
+        """Whether a warp is needed; without one, flip and channel shift stay exact."""
+        return bool(self.rotation or self.width_shift or self.height_shift or self.zoom != (1.0, 1.0))
+
+    @property
+    def enabled(self) -> bool:
+        return self.geometric or bool(self.channel_shift) or self.hflip or self.translate > 0
 
 
 @dataclass
@@ -58,7 +73,7 @@ class Config:
     lookahead: bool = False  # every 5 steps, pull the weights towards a slow average (decay rising to 0.77)
     tta: str = "none"  # test-time augmentation at evaluation: none | flip | flip_translate
     amp: str = "auto"  # auto (bf16 autocast on CUDA, none on CPU/MPS) | bf16 | off
-    augment: Augment = field(default_factory=Augment)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     train_subset: int | None = None  # class-balanced subset of the training set, for quick runs
     eval_batch_size: int = 1000
@@ -158,7 +173,7 @@ def build_config(raw: dict[str, Any]) -> Config:
     aug = values.get("augment") or {}  # `augment: null` (--set augment=null): no augmentation
     if not isinstance(aug, dict):
         raise UserError("config key 'augment' must be a mapping, or null for none")
-    values["augment"] = Augment(**_check_section(aug, Augment, "augment."))
+    values["augment"] = AugmentConfig(**_check_section(aug, AugmentConfig, "augment."))
     cfg = Config(**values)
     _check_ranges(cfg)
     return cfg
@@ -224,6 +239,7 @@ def _check_type(key: str, value: Any, typ: str) -> Any:
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
         "list[float]": isinstance(value, list) and all(_is_number(v) for v in value),
+        "tuple[float, float]": isinstance(value, (list, tuple)) and all(_is_number(v) for v in value),
         "list[list[float]]": isinstance(value, list)
         and all(isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v) for v in value),
     }[base]
@@ -234,7 +250,8 @@ def _check_type(key: str, value: Any, typ: str) -> Any:
 
 _TYPE_WORDS = {
     "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-    "list[float]": "a list of numbers", "list[list[float]]": "a list of [epoch, factor] pairs",
+    "list[float]": "a list of numbers", "tuple[float, float]": "a list of numbers",
+    "list[list[float]]": "a list of [epoch, factor] pairs",
 }
 
 
@@ -278,14 +295,6 @@ def _check_ranges(cfg: Config) -> None:
     need(0 <= cfg.label_smoothing < 1, f"config key 'label_smoothing' must be in [0, 1), got {cfg.label_smoothing}")
     for at, factor in cfg.lr_drops:
         need(at >= 0 and factor > 0, f"config key 'lr_drops': need epoch >= 0 and factor > 0, got [{at}, {factor}]")
-    a = cfg.augment
-    need(0 <= a.rotation <= 180, f"config key 'augment.rotation' must be in [0, 180] degrees, got {a.rotation}")
-    for name in ("width_shift", "height_shift", "channel_shift"):
-        need(0 <= getattr(a, name) <= 1, f"config key 'augment.{name}' must be in [0, 1], got {getattr(a, name)}")
-    need(len(a.zoom) == 2 and 0 < a.zoom[0] <= a.zoom[1],
-         f"config key 'augment.zoom' must be [low, high] with 0 < low <= high, got {a.zoom}")
-    need(0 <= a.translate <= 8, f"config key 'augment.translate' must be in [0, 8] pixels, got {a.translate}")
-    _choice("augment.fill", a.fill, _FILLS)
     need(0 <= cfg.aug_views <= 64, f"config key 'aug_views' must be in [0, 64], got {cfg.aug_views}")
     need(0 <= cfg.dropout < 1, f"config key 'dropout' must be in [0, 1), got {cfg.dropout}")
     need(0 < cfg.alpha <= 4, f"config key 'alpha' must be in (0, 4], got {cfg.alpha}")
@@ -302,6 +311,20 @@ def _check_ranges(cfg: Config) -> None:
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise UserError(f"config key '{key}' must be one of {', '.join(options)}, got '{value}'{_suggest(value, list(options))}")
+
+
+def _check_augment(a: AugmentConfig) -> None:
+    """The augment ranges, checked whenever an AugmentConfig is made (from a config or directly)."""
+    checks = [(0 <= a.rotation <= 180, f"config key 'augment.rotation' must be in [0, 180] degrees, got {a.rotation}"),
+              *((0 <= getattr(a, n) <= 1, f"config key 'augment.{n}' must be in [0, 1], got {getattr(a, n)}")
+                for n in ("width_shift", "height_shift", "channel_shift")),
+              (len(a.zoom) == 2 and 0 < a.zoom[0] <= a.zoom[1],
+               f"config key 'augment.zoom' must be [low, high] with 0 < low <= high, got {list(a.zoom)}"),
+              (0 <= a.translate <= 8, f"config key 'augment.translate' must be in [0, 8] pixels, got {a.translate}")]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    _choice("augment.fill", a.fill, _FILLS)
 
 
 def is_transfer(cfg: Config) -> bool:

@@ -168,7 +168,8 @@ def report_stage(run_dirs: list[Path], cifar: Any, tests: dict[str, Any], testse
     from cifarlab.evaluate.compare import table2_rows, write_table2
     from cifarlab.evaluate.findings import check_findings, format_findings
     from cifarlab.evaluate.testset import filter_preview
-    from cifarlab.io import atomic_write, write_text
+    from cifarlab.io import write_text
+    from cifarlab.pictures import save_png
     from cifarlab.report import write_report
 
     rows = table2_rows(run_dirs)
@@ -181,10 +182,10 @@ def report_stage(run_dirs: list[Path], cifar: Any, tests: dict[str, Any], testse
     extra = {"augment_preview": out / "augment_preview.png"}
     first = torch.stack([torch.nonzero(cifar.val_y == c)[0, 0] for c in range(10)])  # one image per class
     grid = preview_grid(cifar.val_x[first], augment_config(resolve_config("imp2")), n_aug=8)
-    atomic_write(extra["augment_preview"], lambda f: grid.save(f, format="PNG"))
+    save_png(grid, extra["augment_preview"])
     if tests:
         preview = out / "filter_preview.png"
-        atomic_write(preview, lambda f: filter_preview(tests["test"]).save(f, format="PNG"))
+        save_png(filter_preview(tests["test"]), preview)
         extra["filter_preview"] = preview
     notes = [prof.note, f"Data: {cifar.source}. Test set: {testset or 'none'}."]
     notes += [f"Finding ({f['id']}) {f['claim']}: {f['verdict']} ({f['ours']})." for f in found]

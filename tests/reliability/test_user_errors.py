@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from cifarlab.config import Augment, Config, build_config, load_preset
+from cifarlab.config import AugmentConfig, Config, build_config, load_preset
 from cifarlab.errors import UserError
 from reliability_helpers import one_line_error
 from testdata import write_tree
@@ -13,7 +13,7 @@ from testdata import write_tree
 
 def fields():
     yield from ((f.name, f) for f in dataclasses.fields(Config) if f.name != "augment")
-    yield from ((f"augment.{f.name}", f) for f in dataclasses.fields(Augment))
+    yield from ((f"augment.{f.name}", f) for f in dataclasses.fields(AugmentConfig))
 
 
 def with_value(key: str, value) -> dict:

@@ -30,61 +30,26 @@ coordinates, then rescales to grid_sample's [-1, 1]. Keras' own axis naming is m
 from height_shift_range but, after its row/column swap, moves columns) and its shift sign is the
 opposite of ours; every range is symmetric, so the distribution of augmented images is the same.
 Order as in `ImageDataGenerator.apply_transform`: affine warp, then channel shift, then flip.
+
+The settings are `cifarlab.config.AugmentConfig` (a config's `augment` section, plain data checked there),
+imported here so that `cifarlab.data.augment.AugmentConfig` names the same class.
 """
 
 from __future__ import annotations
-
-import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cifarlab.config import Config
-from cifarlab.errors import UserError
+from cifarlab.config import AugmentConfig, Config
 
-PADDING = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    rotation: float = 0.0  # degrees; angle ~ U(-rotation, rotation)
-    width_shift: float = 0.0  # fraction of width; tx ~ U(-ws, ws)
-    height_shift: float = 0.0  # fraction of height; ty ~ U(-hs, hs)
-    zoom: tuple[float, float] = (1.0, 1.0)  # Keras zoom_range [lo, hi]; > 1 zooms out
-    channel_shift: float = 0.0  # on [0, 1] pixels; one value for all channels
-    hflip: bool = False  # p = 0.5
-    fill: str = "nearest"  # 'nearest' | 'constant' | 'reflect'
-    translate: int = 0  # fast trainers: shift by U{-t..t} pixels in x and y, reflect-padded (not Keras)
-    alternate_flip: bool = False  # with hflip: the caller passes each image's flip (see alternating_flips)
-
-    def __post_init__(self) -> None:
-        if self.fill not in PADDING:
-            raise UserError(f"augment fill must be one of {sorted(PADDING)}, got {self.fill!r}")
-        object.__setattr__(self, "zoom", tuple(float(z) for z in self.zoom))  # YAML gives lists
-        lo, hi = self.zoom
-        if not 0 < lo <= hi:
-            raise UserError(f"augment zoom must be [lo, hi] with 0 < lo <= hi, got {list(self.zoom)}")
-        for name in ("rotation", "width_shift", "height_shift", "channel_shift"):
-            if getattr(self, name) < 0:
-                raise UserError(f"augment {name} must be >= 0, got {getattr(self, name)}")
-
-    @property
-    def geometric(self) -> bool:
-        """Whether a warp is needed; without one, flip and channel shift stay exact."""
-        return bool(self.rotation or self.width_shift or self.height_shift or self.zoom != (1.0, 1.0))
-
-    @property
-    def enabled(self) -> bool:
-        return self.geometric or bool(self.channel_shift) or self.hflip or self.translate > 0
+PADDING = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}  # fill -> grid_sample
 
 
 def augment_config(cfg: Config) -> AugmentConfig:
-    """A run config's `augment` section as the AugmentConfig this module applies."""
-    a = dataclasses.asdict(cfg.augment)
-    return AugmentConfig(**{**a, "zoom": tuple(a["zoom"])})
+    """A run config's `augment` section: already the AugmentConfig this module applies."""
+    return cfg.augment
 
 
 def sample_params(n: int, cfg: AugmentConfig, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:

@@ -69,11 +69,16 @@ def table2_rows(run_dirs: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def mean_std(mean: float, std: float | None = None, digits: int = 1, signed: bool = False) -> str:
+    """"81.0 ± 1.4", or "81.0" without a std (one run): how every table and page shows pooled runs."""
+    text = f"{mean:{'+' if signed else ''}.{digits}f}"
+    return text if std is None else f"{text} ± {std:.{digits}f}"
+
+
 def _cell(row: dict[str, Any], name: str, no_test: bool) -> str:
     if row[name] is None:
         return "no test set" if no_test and name != "validation" else "—"
-    std = row[f"{name}_std"]
-    return f"{row[name]:.1f} ± {std:.1f}" if std is not None else f"{row[name]:.1f}"
+    return mean_std(row[name], row[f"{name}_std"])
 
 
 def format_markdown(rows: list[dict[str, Any]], no_test: bool = False) -> str:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cifarlab.evaluate.compare import mean_std
+
 STRONG = 10.0  # points: what ">>" means for finding (a)
 
 
@@ -67,7 +69,7 @@ def check_findings(rows: list[dict[str, Any]], n_val: int, n_test: int) -> list[
         clear = {_verdict(d, se) for _, d, se in parts} - {"not clear"}
         verdict = clear.pop() if len(clear) == 1 else "not clear"
         out.append({"id": "b", "claim": "augmentation helps IMP (IMP2 above IMP1)",
-                    "ours": ", ".join(f"{name} {d:+.1f} ± {se:.1f} points" for name, d, se in parts),
+                    "ours": ", ".join(f"{name} {mean_std(d, se, signed=True)} points" for name, d, se in parts),
                     "verdict": verdict})
 
     def drop(key: str) -> tuple[float, float] | None:

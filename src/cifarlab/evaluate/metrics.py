@@ -41,6 +41,11 @@ def evaluate_run(run_dir: Path, x: torch.Tensor, y: torch.Tensor, name: str = "v
     out = rd.eval_dir
     out.mkdir(exist_ok=True)
     write_json(rd.eval_json(name), report)
-    rows = [{"true": c, **dict(zip(CLASSES, row))} for c, row in zip(CLASSES, report["confusion_matrix"])]
-    write_csv(out / f"{name}_confusion.csv", rows, ["true", *CLASSES])
+    write_confusion_csv(out / f"{name}_confusion.csv", report["confusion_matrix"])
     return report
+
+
+def write_confusion_csv(path: Path, cm: list[list[int]], classes: tuple[str, ...] = CLASSES) -> None:
+    """One row per true class, one column per predicted class (the evaluations' <name>_confusion.csv)."""
+    rows = [{"true": c, **dict(zip(classes, row))} for c, row in zip(classes, cm)]
+    write_csv(path, rows, ["true", *classes])

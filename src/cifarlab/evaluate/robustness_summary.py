@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cifarlab.data.corruptions import SEVERITY
+from cifarlab.evaluate.compare import mean_std
 
 
 def flatten(res: dict[str, Any]) -> dict[str, float]:
@@ -86,8 +87,7 @@ def _sum_bins(rs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[fl
 def fmt(p: Pooled, key: str, scale: float = 100.0, digits: int = 1) -> str:
     if key not in p.mean:
         return "—"
-    s = f"{p.mean[key] * scale:.{digits}f}"
-    return s + (f" ± {p.std[key] * scale:.{digits}f}" if key in p.std else "")
+    return mean_std(p.mean[key] * scale, p.std[key] * scale if key in p.std else None, digits)
 
 
 # ---------------------------------------------------------------- the blur verdict
@@ -114,7 +114,7 @@ def blur_verdict(pooled: list[Pooled], resize: str) -> str | None:
                     key=lambda t: t[0][0], default=(gains(p, "study"), "study")) for p in ps]
         summary[name] = statistics.mean(g[0] for g in at_study), statistics.mean(b[0][0] for b in best)
         parts.append(f"{name}: " + ", ".join(
-            f"{p.label} {s[0]:+.1f} ± {s[1]:.1f} pp at the study's rule, best {b[0][0]:+.1f} pp at σ/w={b[1]}"
+            f"{p.label} {mean_std(*s, signed=True)} pp at the study's rule, best {b[0][0]:+.1f} pp at σ/w={b[1]}"
             for p, s, b in zip(ps, at_study, best)))
     ses = [gains(p, "study")[1] for p in pooled]
     d_study = summary["from scratch"][0] - summary["MobileNet"][0]

@@ -9,24 +9,23 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from cifarlab import CLASSES
 from cifarlab.data.testset import (TestSet, UnreadablePhoto, blur_kernel_length, blur_kernel_size, blur_sigma,
                                    load_photo, prepare_photo, study_blur)
 from cifarlab.errors import UserError
-from cifarlab.evaluate.metrics import classification_report
-from cifarlab.io import atomic_write, write_csv, write_json
+from cifarlab.evaluate.metrics import classification_report, write_confusion_csv
+from cifarlab.io import write_csv, write_json
 from cifarlab.models.predict import predict_logits
+from cifarlab.pictures import INK, PAPER, SMALL, caption, save_png, stack, to_pil
 from cifarlab.rundir import RunDir
 
 GRID_SCALE = 3  # misclassified tiles: 32x32 shown at 96x96
 GRID_COLUMNS = 8
 GRID_MAX = 256  # tiles drawn at most; the JSON and CSV list them all
-_FONT = ImageFont.load_default()
-_INK, _PAPER, _MUTED = (0, 0, 0), (255, 255, 255), (200, 0, 0)
+_MUTED = (200, 0, 0)  # the predicted class, in red
 
 
 def most_confused(cm: torch.Tensor | Sequence[Sequence[int]], classes: Sequence[str] = CLASSES,
@@ -57,14 +56,13 @@ def evaluate_testset(run_dir: str | Path, testset: TestSet, name: str = "test",
     out = rd.eval_dir
     out.mkdir(exist_ok=True)
     write_json(rd.eval_json(name), report)
-    rows = [{"true": c, **dict(zip(CLASSES, row))} for c, row in zip(CLASSES, report["confusion_matrix"])]
-    write_csv(out / f"{name}_confusion.csv", rows, ["true", *CLASSES])
+    write_confusion_csv(out / f"{name}_confusion.csv", report["confusion_matrix"])
     write_csv(out / f"{name}_predictions.csv", prediction_rows(testset.paths, y, probs),
               ["path", "true", "pred", "correct", *(f"p_{c}" for c in CLASSES)])
     wrong = (pred != y).nonzero().flatten()
     grid = misclassified_grid(testset.x[wrong], y[wrong].tolist(), pred[wrong].tolist(),
                               title=f"{name}: {len(wrong)} of {len(y)} misclassified")
-    atomic_write(out / f"{name}_misclassified.png", lambda f: grid.save(f, format="PNG"))
+    save_png(grid, out / f"{name}_misclassified.png")
     return report
 
 
@@ -84,18 +82,13 @@ def prediction_rows(paths: list[str], y: torch.Tensor, probs: torch.Tensor) -> l
 # ---------------------------------------------------------------- pictures
 
 def _text_size(text: str) -> tuple[int, int]:
-    left, top, right, bottom = _FONT.getbbox(text)
+    left, top, right, bottom = SMALL.getbbox(text)
     return int(right), int(bottom)
 
 
-def _with_caption(img: Image.Image, text: str, above: bool = True, width: int | None = None) -> Image.Image:
-    """img on a white cell with a one-line caption strip above (or below), centred."""
-    w, h = max(img.width, width or 0, _text_size(text)[0] + 4), _text_size("Ag")[1] + 4
-    cell = Image.new("RGB", (w, img.height + h), _PAPER)
-    cell.paste(img, ((w - img.width) // 2, h if above else 0))
-    ImageDraw.Draw(cell).text(((w - _text_size(text)[0]) // 2, 2 if above else img.height + 2), text,
-                              fill=_INK, font=_FONT)
-    return cell
+def _label(img: Image.Image, text: str) -> Image.Image:
+    """img with a centred caption above it."""
+    return caption(img, text, font=SMALL, center=True)
 
 
 def _arrow_caption(true: str, pred: str) -> tuple[int, Callable[[ImageDraw.ImageDraw, int, int], None]]:
@@ -103,29 +96,13 @@ def _arrow_caption(true: str, pred: str) -> tuple[int, Callable[[ImageDraw.Image
     wt, wp, gap, arrow = _text_size(true)[0], _text_size(pred)[0], 2, 9
 
     def draw(d: ImageDraw.ImageDraw, x: int, y: int) -> None:
-        d.text((x, y), true, fill=_INK, font=_FONT)
+        d.text((x, y), true, fill=INK, font=SMALL)
         ax, ay = x + wt + gap, y + _text_size("x")[1] // 2 + 2
         d.line([(ax, ay), (ax + arrow - 1, ay)], fill=_MUTED)
         d.polygon([(ax + arrow, ay), (ax + arrow - 3, ay - 3), (ax + arrow - 3, ay + 3)], fill=_MUTED)
-        d.text((ax + arrow + gap + 1, y), pred, fill=_MUTED, font=_FONT)
+        d.text((ax + arrow + gap + 1, y), pred, fill=_MUTED, font=SMALL)
 
     return wt + wp + arrow + 2 * gap + 1, draw
-
-
-def _stack(images: list[Image.Image], horizontal: bool, gap: int = 6) -> Image.Image:
-    if not images:
-        return Image.new("RGB", (1, 1), _PAPER)
-    w = sum(i.width for i in images) + gap * (len(images) - 1) if horizontal else max(i.width for i in images)
-    h = max(i.height for i in images) if horizontal else sum(i.height for i in images) + gap * (len(images) - 1)
-    canvas, pos = Image.new("RGB", (w, h), _PAPER), 0
-    for i in images:
-        canvas.paste(i, (pos, 0) if horizontal else (0, pos))
-        pos += (i.width if horizontal else i.height) + gap
-    return canvas
-
-
-def _to_pil(x: torch.Tensor) -> Image.Image:
-    return Image.fromarray(np.ascontiguousarray(x.permute(1, 2, 0).numpy()))
 
 
 def misclassified_grid(x: torch.Tensor, true: list[int], pred: list[int], title: str = "",
@@ -133,7 +110,7 @@ def misclassified_grid(x: torch.Tensor, true: list[int], pred: list[int], title:
     """The study's Appendix C: misclassified uint8 images (N, 3, H, W) upscaled x3 (nearest, so the
     model's actual pixels show), each captioned 'true → pred' underneath, `columns` per row."""
     if len(x) == 0:
-        return _with_caption(Image.new("RGB", (240, 20), _PAPER), title or "no misclassified images")
+        return _label(Image.new("RGB", (240, 20), PAPER), title or "no misclassified images")
     shown = min(len(x), GRID_MAX)
     captions = [_arrow_caption(classes[t], classes[p]) for t, p in zip(true[:shown], pred[:shown])]
     side = x.shape[-1] * GRID_SCALE
@@ -141,14 +118,14 @@ def misclassified_grid(x: torch.Tensor, true: list[int], pred: list[int], title:
     strip = _text_size("Ag")[1] + 6
     tiles = []
     for img, (w, draw) in zip(x[:shown], captions):
-        tile = Image.new("RGB", (cell_w, side + strip), _PAPER)
-        tile.paste(_to_pil(img).resize((side, side), Image.Resampling.NEAREST), ((cell_w - side) // 2, 0))
+        tile = Image.new("RGB", (cell_w, side + strip), PAPER)
+        tile.paste(to_pil(img).resize((side, side), Image.Resampling.NEAREST), ((cell_w - side) // 2, 0))
         draw(ImageDraw.Draw(tile), (cell_w - w) // 2, side + 2)
         tiles.append(tile)
-    rows = [_stack(tiles[i:i + columns], True) for i in range(0, len(tiles), columns)]
+    rows = [stack(tiles[i:i + columns], horizontal=True) for i in range(0, len(tiles), columns)]
     note = f" (first {shown} shown)" if shown < len(x) else ""
     legend = f"{title}{note}; captions: true class, then predicted class (red)".lstrip("; ")
-    return _with_caption(_stack(rows, False), legend)
+    return _label(stack(rows), legend)
 
 
 def filter_preview(testset: TestSet, n: int = 4, seed: int = 0, height: int = 160) -> Image.Image:
@@ -167,7 +144,7 @@ def filter_preview(testset: TestSet, n: int = 4, seed: int = 0, height: int = 16
         except UnreadablePhoto:
             continue
         rows.append(_preview_row(rel, photo, testset.fit, height))
-    return _stack(rows, False, gap=12)
+    return stack(rows, gap=12)
 
 
 def _preview_row(rel: str, photo: Image.Image, fit: str, height: int) -> Image.Image:
@@ -178,17 +155,16 @@ def _preview_row(rel: str, photo: Image.Image, fit: str, height: int) -> Image.I
     left, top = max(0, (photo.width - height) // 2), max(0, (photo.height - height) // 2)
     box = (left, top, left + min(height, photo.width), top + min(height, photo.height))
     cells = [
-        _with_caption(photo.resize(thumb, Image.Resampling.LANCZOS), "photo"),
-        _with_caption(blurred.resize(thumb, Image.Resampling.LANCZOS), "filtered"),
-        _with_caption(photo.crop(box), "1:1 detail"),
-        _with_caption(blurred.crop(box), "1:1 filtered"),
-        _with_caption(prepare_photo(photo, False, fit).resize((128, 128), Image.Resampling.NEAREST), "32x32"),
-        _with_caption(prepare_photo(photo, True, fit).resize((128, 128), Image.Resampling.NEAREST), "32x32 filtered"),
+        _label(photo.resize(thumb, Image.Resampling.LANCZOS), "photo"),
+        _label(blurred.resize(thumb, Image.Resampling.LANCZOS), "filtered"),
+        _label(photo.crop(box), "1:1 detail"),
+        _label(blurred.crop(box), "1:1 filtered"),
+        _label(prepare_photo(photo, False, fit).resize((128, 128), Image.Resampling.NEAREST), "32x32"),
+        _label(prepare_photo(photo, True, fit).resize((128, 128), Image.Resampling.NEAREST), "32x32 filtered"),
     ]
     blur = f"s={s}, kernel {k}x{k}, sigma={blur_sigma(k):.2f}" if s > 1 else f"s={s}: no blur"
     label = f"{rel}  {photo.width}x{photo.height} px  {blur}"
-    row = _stack(cells, True)
-    return _with_caption(row, label, width=row.width)
+    return _label(stack(cells, horizontal=True), label)
 
 
 RESERVED_NAMES = ("validation", "robustness")  # other results in RUN_DIR/eval/

@@ -1,21 +1,17 @@
 """The report's figures: accuracy curves (the study's Figures 3 and 4) and confusion matrices.
 
-Built with matplotlib's object API (`Figure`, Agg canvas), never pyplot: no global figure registry to
-leak memory and no GUI backend, so it works headless and in threads.
+Built with matplotlib's object API (`Figure`, saved on an Agg canvas by `cifarlab.pictures.save_png`), never
+pyplot: no global figure registry to leak memory and no GUI backend, so it works headless and in threads.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-
-from cifarlab.io import atomic_write
 
 
 def lr_drop_epochs(history: list[dict[str, Any]]) -> list[float]:
@@ -68,9 +64,3 @@ def confusion_figure(cm: Sequence[Sequence[int]], classes: Sequence[str], title:
     ax.set(title=title, xlabel="predicted", ylabel="true")
     fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
     return fig
-
-
-def save_png(fig: Figure, path: Path, dpi: int = 100) -> None:
-    """Write `fig` as a PNG atomically (a crash leaves the old file or none)."""
-    FigureCanvasAgg(fig)  # attach an Agg canvas: PNG output without selecting a pyplot backend
-    atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=dpi))

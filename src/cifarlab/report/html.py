@@ -23,11 +23,12 @@ from cifarlab import CLASSES, __version__
 from cifarlab.config import Config, is_transfer
 from cifarlab.data.augment import augment_config
 from cifarlab.errors import UserError
-from cifarlab.evaluate.compare import table2_rows
+from cifarlab.evaluate.compare import mean_std, table2_rows
 from cifarlab.evaluate.testset import most_confused
 from cifarlab.io import atomic_write, write_text
 from cifarlab.models import build_model, layer_table
-from cifarlab.report.figures import accuracy_curves, confusion_figure, lr_drop_epochs, save_png
+from cifarlab.pictures import save_png
+from cifarlab.report.figures import accuracy_curves, confusion_figure, lr_drop_epochs
 from cifarlab.rundir import RunDir
 
 SETS = {"validation": "validation", "test": "test", "test_filtered": "test (filtered)"}
@@ -257,7 +258,7 @@ def _pct(v: float | None, std: float | None = None, missing: str = "—") -> str
     """Values in % (compare.table2_rows' units)."""
     if v is None:
         return missing
-    return f"{v:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+    return mean_std(v, std)
 
 
 def _table2(rows: list[dict[str, Any]], no_test: bool) -> str:

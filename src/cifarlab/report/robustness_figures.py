@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from cifarlab.data.corruptions import SEVERITY, SHARPEN_AMOUNTS, SHARPEN_SIGMA
 from cifarlab.data.photo_sweep import BLUR_LEVELS, RESIZES, level_name
 from cifarlab.evaluate.robustness_summary import Pooled, fmt, pool
-from cifarlab.report.figures import save_png
+from cifarlab.pictures import save_png
 
 
 def _figure(n_panels: int, cols: int, w: float = 3.6, h: float = 2.9) -> tuple[Figure, np.ndarray]:

@@ -1,28 +1,19 @@
-"""Turning maps into pictures: colour maps, heat-map overlays, tiling, captions, stacking, saving."""
+"""Turning maps into pictures: colour maps, heat-map overlays, tiling into grids. The helpers shared with
+evaluate and report (font, colours, to_pil, stack, caption, save_png) live in `cifarlab.pictures` and
+are re-exported here, so viz code says `sheet.X` for all of them."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from cifarlab.errors import UserError
-from cifarlab.io import atomic_write
+from cifarlab.pictures import LINE, PAPER, SMALL, caption, save_png, stack, to_pil
 
-PAPER, INK, LINE = (255, 255, 255), (20, 20, 20), (60, 100, 230)  # LINE: the study's thin blue separators
-
-
-def _font(size: int = 12) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)  # a scalable font where Pillow has FreeType
-    except TypeError:  # older Pillow: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-FONT, SMALL = _font(12), _font(10)
+__all__ = ["LINE", "PAPER", "SMALL", "caption", "colorize", "colormap", "grid", "overlay", "save_png", "stack",
+           "tile", "to_pil"]
 
 
 def colormap(name: str):
@@ -39,13 +30,6 @@ def colorize(m: torch.Tensor, lo: float, hi: float, cmap: str = "inferno") -> np
     """A 2-D map -> uint8 RGB (H, W, 3): lo maps to the colour map's first colour, hi to its last."""
     t = ((m.detach().float() - lo) / max(hi - lo, 1e-12)).clamp(0, 1).numpy()
     return (colormap(cmap)(t)[..., :3] * 255).round().astype(np.uint8)
-
-
-def to_pil(x: torch.Tensor) -> Image.Image:
-    """A float [0, 1] or uint8 (3, H, W) image."""
-    if x.dtype != torch.uint8:
-        x = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return Image.fromarray(x.permute(1, 2, 0).contiguous().numpy())
 
 
 def tile(img: Image.Image | np.ndarray, size: int, smooth: bool = False) -> Image.Image:
@@ -73,44 +57,3 @@ def grid(tiles: list[Image.Image], cols: int, gap: int = 2, bg: tuple = PAPER) -
     for i, t in enumerate(tiles):
         out.paste(t, ((i % cols) * (w + gap), (i // cols) * (h + gap)))
     return out
-
-
-def stack(images: list[Image.Image], horizontal: bool = False, gap: int = 6, line: tuple | None = None,
-          bg: tuple = PAPER) -> Image.Image:
-    """Images one below (or beside) the other; `line`: a 1 px rule of that colour in each gap."""
-    ws, hs = [i.width for i in images], [i.height for i in images]
-    size = (sum(ws) + gap * (len(images) - 1), max(hs)) if horizontal else (max(ws), sum(hs) + gap * (len(images) - 1))
-    out = Image.new("RGB", size, bg)
-    draw, pos = ImageDraw.Draw(out), 0
-    for i, img in enumerate(images):
-        out.paste(img, (pos, 0) if horizontal else (0, pos))
-        pos += (img.width if horizontal else img.height) + gap
-        if line and i < len(images) - 1:
-            mid = pos - gap // 2 - 1
-            draw.line([(mid, 0), (mid, size[1])] if horizontal else [(0, mid), (size[0], mid)], fill=line, width=1)
-    return out
-
-
-def caption(img: Image.Image, text: str, above: bool = True, font: ImageFont.ImageFont = FONT,
-            width: int | None = None) -> Image.Image:
-    """The image with lines of text above (or below) it."""
-    lines = text.split("\n")
-    boxes = [font.getbbox(t or " ") for t in lines]
-    line_h = max(b[3] for b in boxes) + 3
-    w = max(img.width, width or 0, *(b[2] + 4 for b in boxes))
-    out = Image.new("RGB", (w, img.height + line_h * len(lines) + 2), PAPER)
-    text_top = 1 if above else img.height + 2
-    out.paste(img, (0, line_h * len(lines) + 2 if above else 0))
-    draw = ImageDraw.Draw(out)
-    for i, t in enumerate(lines):
-        draw.text((2, text_top + i * line_h), t, fill=INK, font=font)
-    return out
-
-
-def save_png(img: Image.Image, path: str | Path) -> Path:
-    """Atomically: a crash leaves the old file or none, never half a PNG."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f"--out {path}: folder {path.parent} does not exist")
-    atomic_write(path, lambda f: img.save(f, format="PNG"))
-    return path
