@@ -327,8 +327,8 @@ def add_reproduce_args(p: argparse.ArgumentParser) -> None:
                    "study on a CUDA machine, laptop otherwise")
     p.add_argument("--seeds", type=int, default=1, help="runs per model, pooled as mean ± std (default: 1)")
     p.add_argument("--jobs", type=int, metavar="N", help="runs trained at once, each with cores/N threads "
-                   "(default: 2 on a CPU with 2+ cores, where two one-thread runs train as fast each as one "
-                   "two-thread run; 1 on a GPU)")
+                   "(default: 2 on a CPU with 2+ cores, where two one-thread runs give 1.24-1.35x the "
+                   "throughput of one two-thread run; 1 on a GPU)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (one YAML document per run: its "
                    "resolved config and estimated_minutes; then the total) and exit without training")
     p.add_argument("--weights", metavar="FILE", help="MobileNet weights for MNET1/MNET2 (.tflite, .h5 or "

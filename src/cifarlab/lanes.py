@@ -1,9 +1,8 @@
 """Train a plan's runs several at a time: N lanes, each a sequence of runs in its own process with
 cores/N threads.
 
-Why: on a 2-core CPU one training process with two threads is no faster than one with one thread
-(measured in benchmarks/RESULTS.md, "Two runs at a time"), so two runs side by side finish in the time of
-one. Runs that share a MobileNet view cache (MNET1 and MNET2 of one seed) go in the same lane, in plan
+Why: on a 2-core CPU a training process does not scale to two threads: two one-thread runs side by
+side give 1.24-1.35x the throughput of one two-thread run (benchmarks/lanes_speed.py, RESULTS.md). Runs that share a MobileNet view cache (MNET1 and MNET2 of one seed) go in the same lane, in plan
 order, so the cache is built once and never waited for. Lanes are filled longest-first (LPT).
 
 A lane's process is `python -m cifarlab.lanes SPEC_JSON`: it trains the run whose config.yaml the parent

@@ -12,6 +12,7 @@ costs. `reproduce` runs a plan; `reproduce --dry-run` prints it.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,10 +110,11 @@ def plan(out: Path, profile: str, seeds: int, weights: str | None,
 
 # ---------------------------------------------------------------- the cost model
 
-# Seconds per image on the 2-core development machine, fitted to the measured laptop run of 2026-12-02
-# (benchmarks/RESULTS.md, "The study on a laptop"): one thread per run, two runs at a time. One process
-# per core was measured to train about as fast as one process on both cores (same section), so the
-# per-run speeds hold for one run at a time too.
+# Seconds per image on the 2-core development machine for a run on one thread (two runs at a time),
+# fitted to the measured laptop run of 2026-12-02 (benchmarks/RESULTS.md, "The study on a laptop").
+# A run with more threads is faster by THREAD_GAIN per doubling (benchmarks/lanes_speed.py: 2 threads
+# train IMP 1.5x, BASE 1.6x and run MobileNet 1.5x as fast as 1 thread while another run has the
+# other core), so two one-thread runs at once give ~1.35x the throughput of one two-thread run.
 SEC = {
     "base_train": 1 / 420, "imp_train": 1 / 560,  # per training image (IMP with or without augmentation)
     "base_eval": 1 / 1200, "imp_eval": 1 / 1600,  # per validation image, once per epoch
@@ -122,6 +124,7 @@ SEC = {
     "mnet2_tail": 1 / 1090,  # the trainable last unit + head, forward and backward
 }
 EVAL_EXTRA = {"base": 25.0, "imp": 25.0, "mobilenet": 30.0}  # photos, figures, loading, after training
+THREAD_GAIN = 1.5  # speed-up of one run per doubling of its threads (measured 1.5-1.6x from 1 to 2)
 ROBUSTNESS_SETTINGS = 36  # corruption x severity settings + sharpening, on `robustness_limit` images
 
 
@@ -144,21 +147,23 @@ def estimate_seconds(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0
     return train + after + EVAL_EXTRA[model]
 
 
-def estimate_plan(jobs: list[Job], robustness_limit: int = 0) -> list[float]:
-    """Seconds per job; MobileNet runs that share a view cache pay for embedding it once."""
+def estimate_plan(jobs: list[Job], robustness_limit: int = 0, threads: int = 1) -> list[float]:
+    """Seconds per job, each run on `threads` threads; MobileNet runs that share a view cache pay for
+    embedding it once."""
     seen, out = set(), []
     for j in jobs:
         c = j.cfg
         key = (c.model, c.alpha, c.weights, c.input_size, c.aug_views, str(c.augment), c.seed, c.train_subset)
         shared = c.model.startswith("mobilenet") and c.aug_views > 0 and key in seen
         seen.add(key)
-        out.append(estimate_seconds(c, robustness_limit=robustness_limit, views_cached=shared))
+        out.append(estimate_seconds(c, robustness_limit=robustness_limit, views_cached=shared)
+                   / THREAD_GAIN ** math.log2(max(threads, 1)))
     return out
 
 
 def default_jobs() -> int:
-    """Trainings at once: one per core pair on a CPU (measured: two one-thread runs train as fast each as one
-    two-thread run), one on a GPU."""
+    """Trainings at once: two on a CPU with 2+ cores (measured on 2 cores: two one-thread runs give 1.24-1.35x
+    the throughput of one two-thread run), one on a GPU."""
     import torch
 
     if torch.cuda.is_available():

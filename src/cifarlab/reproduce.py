@@ -9,6 +9,7 @@ be stopped and started again at any point. The test set is loaded once and hande
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     n_lanes = jobs or default_jobs()
     out = Path(out)
     plan_jobs = plan(out, profile, seeds, weights, overrides)
-    seconds = estimate_plan(plan_jobs, prof.robustness_limit)
+    seconds = estimate_plan(plan_jobs, prof.robustness_limit, threads=max(1, (os.cpu_count() or 1) // n_lanes))
     if dry_run:
         print(plan_yaml(plan_jobs, seconds, profile, n_lanes))
         return None
