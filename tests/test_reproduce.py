@@ -74,3 +74,18 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     assert [d["preset"] for d in docs[:-1]] == ["base-laptop", "imp1-laptop", "imp2-laptop", "mnet1-laptop",
                                                "mnet2-laptop"]
     assert docs[-1]["estimated_minutes"] > 0 and not (tmp_path / "out").exists()
+
+
+def test_a_run_made_with_other_settings_is_named_not_silently_reused(tiny_tree, tmp_path, capsys):
+    from cifarlab.reproduce import train_stage
+
+    jobs = plan(tmp_path, "quick", 1, None, {"base": ["epochs=1", "train_subset=20"]})[:1]
+    from cifarlab.data import load_cifar10
+    from cifarlab.train import fit
+
+    cifar = load_cifar10(str(tiny_tree), progress=False)
+    fit(jobs[0].cfg, cifar, jobs[0].run_dir, quiet=True)  # trained with the plan of the day
+    edited = plan(tmp_path, "quick", 1, None, {"base": ["epochs=1", "train_subset=20", "lr=0.0005"]})[:1]
+    train_stage(edited, [], [1.0], cifar, str(tiny_tree), 1, [], True, print)
+    out = capsys.readouterr().out
+    assert "reusing it" in out and "other settings than the plan's (lr)" in out

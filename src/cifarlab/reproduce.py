@@ -116,6 +116,10 @@ def train_stage(jobs: list[Job], todo: list[int], seconds: list[float], cifar: A
     for i, job in enumerate(jobs):
         if i not in todo:
             say(f"{job.run_dir.name}: finished run found in {job.run_dir}, reusing it")
+        changed = _changed_keys(job)
+        if changed:
+            say(f"note: {job.run_dir.name} was made with other settings than the plan's ({', '.join(changed)}); "
+                f"{'reusing' if i not in todo else 'resuming'} it as it is: delete {job.run_dir} to train it afresh")
     if lanes > 1:
         runs = [(jobs[i].run_dir, RunDir(jobs[i].run_dir).load_config() if RunDir(jobs[i].run_dir).config.is_file()
                  else jobs[i].cfg) for i in todo]
@@ -142,6 +146,15 @@ def finish_run(run: Path, cifar: Any, *, tests: dict[str, Any] | None = None, te
     robustness_runs([run], cifar, tests.get("test"), limit, say)
     if figures:
         study_figures_all([run], tests.get("test"), cifar, say)  # Appendix A/B/C figures into RUN_DIR/viz/
+
+
+def _changed_keys(job: Job) -> list[str]:
+    """Config keys whose value in the run directory differs from the plan's (a preset edited since)."""
+    rd = RunDir(job.run_dir)
+    if not rd.config.is_file():
+        return []
+    ran, planned = rd.load_config().to_dict(), job.cfg.to_dict()
+    return [k for k in planned if k not in ("data", "device", "weights") and ran.get(k) != planned[k]]
 
 
 def evaluate_stage(run_dirs: list[Path], cifar: Any, tests: dict[str, Any], say: Callable[[str], None]) -> None:
