@@ -149,12 +149,13 @@ def finish_run(run: Path, cifar: Any, *, tests: dict[str, Any] | None = None, te
 
 
 def _changed_keys(job: Job) -> list[str]:
-    """Config keys whose value in the run directory differs from the plan's (a preset edited since)."""
+    """Config keys whose value in the run directory differs from the plan's (a preset edited since; prose
+    and where-to-run keys aside)."""
     rd = RunDir(job.run_dir)
     if not rd.config.is_file():
         return []
     ran, planned = rd.load_config().to_dict(), job.cfg.to_dict()
-    return [k for k in planned if k not in ("data", "device", "weights") and ran.get(k) != planned[k]]
+    return [k for k in planned if k not in ("data", "device", "weights", "description") and ran.get(k) != planned[k]]
 
 
 def evaluate_stage(run_dirs: list[Path], cifar: Any, tests: dict[str, Any], say: Callable[[str], None]) -> None:
