@@ -76,27 +76,20 @@ def check_findings(rows: list[dict[str, Any]], n_val: int, n_test: int) -> list[
         val, test = cell(key, "validation", n_val), cell(key, "test", n_test)
         return (val[0] - test[0], math.hypot(val[1], test[1])) if val and test else None
 
-    scratch = [d for d in map(drop, ("base", "imp1", "imp2")) if d]
-    mnets = [d for d in map(drop, ("mnet1", "mnet2")) if d]
-    if scratch and mnets:
-        (ds, ss), (dm, sm) = _mean(scratch), _mean(mnets)
-        out.append({"id": "c", "claim": "MobileNets are more robust on unfiltered real photos (smaller drop from "
-                    "validation to photos than the from-scratch models)",
-                    "ours": f"mean drop {ds:.1f} points from scratch vs {dm:.1f} for MobileNets",
-                    "verdict": _verdict(ds - dm, math.hypot(ss, sm))})
-
     def gain(key: str) -> tuple[float, float] | None:
         raw, blurred = cell(key, "test", n_test), cell(key, "test_filtered", n_test)
         return (blurred[0] - raw[0], math.hypot(raw[1], blurred[1])) if raw and blurred else None
 
-    scratch = [g for g in map(gain, ("base", "imp1", "imp2")) if g]
-    mnets = [g for g in map(gain, ("mnet1", "mnet2")) if g]
-    if scratch and mnets:
-        (gs, ss), (gm, sm) = _mean(scratch), _mean(mnets)
-        out.append({"id": "d", "claim": "the blur filter helps from-scratch models more than MobileNets (filtered "
-                    "minus unfiltered photo accuracy)",
-                    "ours": f"mean gain {gs:+.1f} points from scratch vs {gm:+.1f} for MobileNets",
-                    "verdict": _verdict(gs - gm, math.hypot(ss, sm))})
+    contrasts = (("c", drop, "MobileNets are more robust on unfiltered real photos (smaller drop from validation to "
+                  "photos than the from-scratch models)", "mean drop {:.1f} points from scratch vs {:.1f} for MobileNets"),
+                 ("d", gain, "the blur filter helps from-scratch models more than MobileNets (filtered minus "
+                  "unfiltered photo accuracy)", "mean gain {:+.1f} points from scratch vs {:+.1f} for MobileNets"))
+    for key, diff, claim, ours in contrasts:
+        scratch = [d for d in map(diff, ("base", "imp1", "imp2")) if d]
+        mnets = [d for d in map(diff, ("mnet1", "mnet2")) if d]
+        if scratch and mnets:
+            (a, sa), (b, sb) = _mean(scratch), _mean(mnets)
+            out.append({"id": key, "claim": claim, "ours": ours.format(a, b), "verdict": _verdict(a - b, math.hypot(sa, sb))})
     return out
 
 
