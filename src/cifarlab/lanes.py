@@ -48,10 +48,20 @@ def view_chains(cfgs: Sequence[Config]) -> list[list[int]]:
     """Runs sharing a MobileNet view cache (same backbone, views, augmentation, seed, data) form one chain."""
     chains: dict[object, list[int]] = {}
     for i, c in enumerate(cfgs):
-        key = (c.model, c.alpha, c.weights, c.input_size, c.aug_views, str(c.augment), c.seed, c.train_subset) \
-            if c.model.startswith("mobilenet") and c.aug_views else i
-        chains.setdefault(key, []).append(i)
+        chains.setdefault(view_key(c) or i, []).append(i)
     return list(chains.values())
+
+
+def view_key(c: Config) -> tuple | None:
+    """What decides a MobileNet view cache (train/viewcache.py's key, in config terms); None: no cache."""
+    if not (c.model.startswith("mobilenet") and c.aug_views):
+        return None
+    return c.model, c.alpha, c.weights, c.input_size, c.aug_views, str(c.augment), c.seed, c.train_subset
+
+
+def wall_seconds(cfgs: Sequence[Config], costs: Sequence[float], n_lanes: int) -> float:
+    """The longest lane's work when cfgs run n_lanes at a time (the plan's wall time)."""
+    return max(sum(costs[i] for i in lane) for lane in assign(view_chains(cfgs), costs, n_lanes))
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:

@@ -151,10 +151,12 @@ def estimate_plan(jobs: list[Job], robustness_limit: int = 0, threads: int = 1) 
     """Seconds per job, each run on `threads` threads; MobileNet runs that share a view cache pay for
     embedding it once."""
     seen, out = set(), []
+    from cifarlab.lanes import view_key
+
     for j in jobs:
         c = j.cfg
-        key = (c.model, c.alpha, c.weights, c.input_size, c.aug_views, str(c.augment), c.seed, c.train_subset)
-        shared = c.model.startswith("mobilenet") and c.aug_views > 0 and key in seen
+        key = view_key(c)
+        shared = key is not None and key in seen
         seen.add(key)
         out.append(estimate_seconds(c, robustness_limit=robustness_limit, views_cached=shared)
                    / THREAD_GAIN ** math.log2(max(threads, 1)))
@@ -176,12 +178,11 @@ def plan_yaml(jobs: list[Job], seconds: list[float], profile: str, n_lanes: int)
     the total: the sum of the runs' minutes and the wall time with n_lanes trainings at once."""
     import yaml
 
-    from cifarlab.lanes import assign, view_chains
+    from cifarlab.lanes import wall_seconds
 
     docs = [f"# {j.run_dir}\n" + yaml.safe_dump({**j.cfg.to_dict(), "estimated_minutes": round(s / 60, 1)},
                                                    sort_keys=False) for j, s in zip(jobs, seconds)]
-    lanes = assign(view_chains([j.cfg for j in jobs]), seconds, n_lanes)
-    wall = max(sum(seconds[i] for i in lane) for lane in lanes)
+    wall = wall_seconds([j.cfg for j in jobs], seconds, n_lanes)
     total = {"profile": ALIASES.get(profile, profile), "runs": len(jobs), "jobs": n_lanes,
              "estimated_minutes": round(wall / 60, 1), "estimated_run_minutes": round(sum(seconds) / 60, 1)}
     return "---\n".join(docs + [yaml.safe_dump(total, sort_keys=False)])

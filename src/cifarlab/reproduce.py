@@ -97,13 +97,11 @@ def _check_inputs(jobs: list[Job], data: str | None, testset: str | None, quiet:
 
 
 def _wall_seconds(jobs: list[Job], seconds: list[float], todo: list[int], lanes: int) -> float:
-    """Training + evaluation time still to come with `lanes` runs at a time (finished runs cost their
-    evaluation only, which is then redone only if stale: an upper bound)."""
-    from cifarlab.lanes import assign, view_chains
+    """Time still to come with `lanes` runs at a time (finished runs cost nothing: their evaluation is
+    redone only if stale)."""
+    from cifarlab.lanes import wall_seconds
 
-    cost = [seconds[i] if i in todo else 0.0 for i in range(len(jobs))]
-    chains = view_chains([j.cfg for j in jobs])
-    return max(sum(cost[i] for i in lane) for lane in assign(chains, cost, lanes))
+    return wall_seconds([j.cfg for j in jobs], [seconds[i] if i in todo else 0.0 for i in range(len(jobs))], lanes)
 
 
 def train_stage(jobs: list[Job], todo: list[int], seconds: list[float], cifar: Any, data: str | None, lanes: int,
