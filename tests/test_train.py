@@ -63,3 +63,45 @@ def test_resume_reaches_the_same_result(tmp_path):
 def test_train_subset_is_used(tmp_path):
     metrics = fit(quick_cfg("imp1", "train_subset=50", epochs=1), toy_data(), tmp_path / "run", quiet=True)
     assert metrics["train_images"] == 50
+
+
+class _Recorder:
+    """A callback that records what fit tells it, and can stop the run after a given epoch."""
+
+    def __init__(self, stop_after: int = 0):
+        self.events, self.stop_after = [], stop_after
+
+    def on_train_start(self, cfg, run_dir, state):
+        self.events.append(("start", state["epoch"], (run_dir / "config.yaml").exists()))
+
+    def on_epoch_end(self, row, state, model):
+        self.events.append(("epoch", row["epoch"], state["history"][-1] == row))
+        if row["epoch"] == self.stop_after:
+            raise KeyboardInterrupt("stopped by a callback")
+
+    def on_train_end(self, metrics, model):
+        self.events.append(("end", None, True))
+
+
+def test_callbacks_hear_every_epoch_after_it_is_written(tmp_path):
+    """Rows equal history.csv's; a callback that raises after epoch 1 leaves a run that resumes to the
+    same weights as an uninterrupted one (the sweep's pruner and a live logger rely on both)."""
+    data = toy_data()
+    rec = _Recorder()
+    fit(quick_cfg("imp1", epochs=2), data, tmp_path / "a", quiet=True, callbacks=[rec])
+    assert [e[:2] for e in rec.events][:3] == [("start", 0), ("epoch", 1), ("epoch", 2)]
+    assert all(e[2] for e in rec.events)
+    assert rec.events[-1][0] == "end"
+    with open(tmp_path / "a" / "history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+
+    stopper = _Recorder(stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(quick_cfg("imp1", epochs=2), data, tmp_path / "b", quiet=True, callbacks=[stopper])
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["state"]["epoch"] == 1
+    again = _Recorder()
+    fit(quick_cfg("imp1", epochs=2), data, tmp_path / "b", resume=True, quiet=True, callbacks=[again])
+    assert again.events[0][:2] == ("start", 1) and [e[1] for e in again.events if e[0] == "epoch"] == [2]
+    w1 = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    w2 = load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from cifarlab.models.predict import evaluate_model
 from cifarlab.models.transfer import TransferNet
 from cifarlab.rundir import RunDir
 from cifarlab.train import runctl, viewcache
+from cifarlab.train.callbacks import Callback, call
 from cifarlab.train.progress import Progress, fmt_time
 from cifarlab.train.recipe import LOOKAHEAD_EVERY, Lookahead, loss_fn, lr_at_step, make_optimizer, set_lr
 
@@ -127,16 +128,17 @@ def embed_all(model: TransferNet, x: torch.Tensor, batch_size: int, quiet: bool,
 
 
 def fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool = False, quiet: bool = False,
-        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        log: Callable[[str], None] | None = None, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """_fit under run control: RUN_DIR/.lock keeps a second process out (released by the OS even on
     kill -9); Ctrl-C or SIGTERM stops at the next batch boundary with runctl.Interrupted, which says what
-    is kept and the resume command; a NaN or infinite loss or weight stops the run before anything is saved."""
+    is kept and the resume command; a NaN or infinite loss or weight stops the run before anything is saved.
+    `callbacks` (train/callbacks.py) hear the start, every epoch and the end, on the writing process."""
     with runctl.RunControl(run_dir) as ctl:
-        return _fit(cfg, data, run_dir, resume, quiet, log, ctl)
+        return _fit(cfg, data, run_dir, resume, quiet, log, ctl, list(callbacks))
 
 
 def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
-         log: Callable[[str], None] | None, ctl: runctl.RunControl) -> dict[str, Any]:
+         log: Callable[[str], None] | None, ctl: runctl.RunControl, callbacks: list[Callback]) -> dict[str, Any]:
     """Train `cfg` on `data`, writing config.yaml, history.csv, metrics.json, last.pt, best.pt and
     train.log into `run_dir`. With `resume`, continue from run_dir/last.pt. Returns the metrics."""
     # Everything that can fail on bad input (device, weights file) happens before anything is written.
@@ -211,6 +213,8 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
         lookahead.load_state_dict(slow_weights)
     channels_last = use_channels_last(cfg, device)
     trained = net if world == 1 else nn.parallel.DistributedDataParallel(net)  # averages gradients over ranks
+    callbacks = callbacks if writer else []
+    call(callbacks, "on_train_start", cfg, run_dir, state)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         n_batches = math.ceil(len(train_x) / cfg.batch_size)
@@ -245,10 +249,12 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
         eta = sum(r["seconds"] for r in state["history"][-3:]) / min(3, epoch) * (cfg.epochs - epoch)
         log(f"epoch {epoch}/{cfg.epochs} lr {lr:.2g} train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f}s, ETA {fmt_time(eta)}")
+        call(callbacks, "on_epoch_end", row, state, model)
     metrics = _metrics(cfg, state, len(train_x), embed_seconds)
     if writer:  # again at the end: a kill may have come between last.pt and these, and a resume lands here
         write_csv(rd.history, state["history"], HISTORY_FIELDS)
         write_json(rd.metrics, metrics)
+    call(callbacks, "on_train_end", metrics, model)
     if world > 1:
         torch.distributed.barrier()  # no rank leaves before rank 0 has written everything
     log(f"done: val_accuracy {metrics['val_accuracy']:.4f} (best {metrics['best_val_accuracy']:.4f} at epoch "
