@@ -198,6 +198,44 @@ def test_no_blur_for_narrow_photos_and_thin_panoramas_work():
     assert study_blur(thin).tobytes() == thin.tobytes()
 
 
+def whole_plane_blur(a, width):
+    """study_blur before it worked in strips (commit 7534e70): each channel convolved whole, as a
+    (1, 1, H, W) tensor (the shape decides PyTorch's conv backend, so it is kept)."""
+    k = blur_kernel_length(blur_kernel_size(width))
+    g, out = gaussian_taps(k, blur_sigma(k)), a.copy()
+    for c in range(3):
+        x = torch.from_numpy(a[:, :, c].copy())[None, None].float()
+        out[:, :, c] = blur_tensor(x, g)[0, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def test_blur_in_strips_equals_the_whole_plane_blur_bit_for_bit(monkeypatch):
+    import cifarlab.data.testset as testset
+    rng = np.random.default_rng(3)
+
+    def check(h, w, width=None):
+        a = np.clip(rng.normal(0, 40, (h, w, 3)) + np.linspace(0, 200, w)[None, :, None], 0, 255).astype(np.uint8)
+        assert np.array_equal(np.asarray(study_blur(Image.fromarray(a), width)), whole_plane_blur(a, width or w))
+
+    check(1001, 1999)  # 2 MP, s=27: 7 strips of rows, then 7 of columns
+    monkeypatch.setattr(testset, "STRIP_FLOATS", 50_000)  # small strips: many, ragged ones
+    check(333, 517)  # odd sizes
+    check(9, 300)  # one strip
+    check(5, 9000), check(2, 2000)  # thin panoramas: the kernel (121, 27 taps) exceeds the height
+    check(4000, 1, 3000), check(1, 700, 9000), check(7, 3, 3000)  # 1 px wide or high; kernels over both sides
+
+
+def test_blur_never_convolves_a_whole_large_plane(monkeypatch):
+    """The memory bound: a 1-channel conv's output costs 16 floats a pixel (oneDNN's padded channels),
+    so no conv may see more than about 2 x STRIP_FLOATS values, however large the photo."""
+    import cifarlab.data.testset as testset
+    seen, conv = [], testset._blur_pass
+    monkeypatch.setattr(testset, "_blur_pass", lambda x, g, dim: seen.append(x.numel()) or conv(x, g, dim))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (700, 1500, 3), dtype=np.uint8))  # s=20
+    study_blur(img)
+    assert len(seen) > 6 and max(seen) <= 2 * testset.STRIP_FLOATS < 700 * 1500
+
+
 # ---------------------------------------------------------------- folders
 
 def make_set(root, n=2, extra=True):

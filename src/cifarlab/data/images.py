@@ -25,8 +25,9 @@ from PIL import Image, ImageOps
 
 from cifarlab.errors import UserError
 
-# 50 MP covers 48 MP phone cameras; decoding plus the study's full-resolution blur stays under a
-# minute and 1 GB. A side cap keeps the blur (kernel ~ width / 75) cheap on extreme panoramas.
+# 50 MP covers 48 MP phone cameras; decoding plus the study's full-resolution blur peaks at 0.8 GB
+# RSS, torch's 0.2 GB included, and took about 13 s on one thread of a busy machine (a rough figure;
+# benchmarks/blur_memory.py). A side cap keeps the blur (kernel ~ width / 75) cheap on extreme panoramas.
 MAX_PIXELS = 50_000_000
 MAX_SIDE = 16_384
 # Formats Pillow decodes itself. Not EPS (runs Ghostscript), not WMF/PSD/MPEG/... (rare, complex).
