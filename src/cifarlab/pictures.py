@@ -87,3 +87,13 @@ def save_png(picture: Image.Image | Figure, path: str | Path, dpi: int = 100) ->
         FigureCanvasAgg(picture)  # attach an Agg canvas: PNG output without selecting a pyplot backend
         atomic_write(path, lambda f: picture.savefig(f, format="png", dpi=dpi))
     return path
+
+
+def figure_image(fig: Figure, dpi: int = 100) -> Image.Image:
+    """A matplotlib figure as an RGB PIL image, in memory (for pages that show figures without files)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    return Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
