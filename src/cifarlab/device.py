@@ -1,10 +1,12 @@
 """Where tensors run, shared by training and evaluation: the device, autocast, memory layout, the
-uint8-to-float input cast, and the process's place under torchrun."""
+uint8-to-float input cast, the process's place under torchrun, and which machine a run trained on."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,6 +48,19 @@ def to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 images -> float [0, 1]; cached embeddings (float16) -> float32."""
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def machine(device: torch.device) -> dict[str, object]:
+    """What a run trained on, for its metrics.json and model card: device, its name, CPU cores and threads."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):  # Linux names the CPU model here; platform.processor() often does not
+            name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("model name")), name)
+    return {"device": device.type, "name": name, "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "processes": dist_info()[1], "platform": platform.platform(terse=True), "torch": torch.__version__}
 
 
 def dist_info() -> tuple[int, int]:

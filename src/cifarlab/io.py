@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import urllib.error
@@ -90,6 +91,32 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def atomic_write_folder(path: Path, files: dict[str, bytes]) -> None:
+    """path/ holds exactly `files`, or stays as it was: they are written into a hidden sibling folder
+    (.NAME.PID.part), fsynced, and the folder renamed into place; an old path/ is moved aside first and
+    removed after. A crash leaves the old folder or the new one (at worst beside a hidden leftover)."""
+    path = Path(path)
+    tmp, old = (path.with_name(f".{path.name}.{os.getpid()}.{s}") for s in ("part", "old"))
+    try:
+        tmp.mkdir()
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -10,6 +10,8 @@ and its model. Every module downstream of training reaches a run's files through
     .lock         held while a process trains       train.runctl
     eval/         <set>.json and its CSV/PNG files, robustness.json and robustness_*.csv   evaluate -> report
     viz/          *.png sheets                      viz (visualize, reproduce) -> report
+    export/       exported models (default --out)   export (cifarlab export) -> elsewhere
+    tb/           TensorBoard event files           loggers (config key log: tensorboard) -> tensorboard --logdir
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ class RunDir:
     @property
     def viz_dir(self) -> Path:
         return self.path / "viz"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
 
     def checkpoint(self, name: str = "last") -> Path:
         return self.path / f"{name}.pt"
