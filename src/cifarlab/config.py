@@ -80,6 +80,7 @@ class Config:
     device: str = "auto"
     channels_last: bool = False
     data: str | None = None  # recorded for the run; the CLI's --data wins
+    log: str = "none"  # live logging while training: none | tensorboard (RUN_DIR/tb/, cifarlab.loggers)
     # transfer learning (mobilenet_* models only)
     weights: str | None = None  # .tflite, Keras .h5, or 'imagenet' (download); None: random init
     alpha: float = 1.0  # MobileNet width multiplier
@@ -112,6 +113,8 @@ _AMP = ("auto", "bf16", "off")
 _TRAINABLE = ("head", "last_conv", "all")
 _HEADS = ("avg", "flatten")
 _FILLS = ("nearest", "constant", "reflect")
+# live loggers (`log`, a comma-separated list or "none"); MLflow and W&B were weighed and left out (README)
+LOGGERS = ("tensorboard",)
 # The names in cifarlab.models' registry, spelled here so that checking a config needs no torch and no
 # import from a higher layer; tests/test_architecture.py keeps the two equal.
 MODELS = ("base", "fast", "fast_small", "imp", "mobilenet_v1", "mobilenet_v2")
@@ -299,6 +302,8 @@ def _check_ranges(cfg: Config) -> None:
     need(0 <= cfg.dropout < 1, f"config key 'dropout' must be in [0, 1), got {cfg.dropout}")
     need(0 < cfg.alpha <= 4, f"config key 'alpha' must be in (0, 4], got {cfg.alpha}")
     need(8 <= cfg.input_size <= 1024, f"config key 'input_size' must be in [8, 1024], got {cfg.input_size}")
+    for name in log_names(cfg.log):
+        _choice("log", name, ("none",) + LOGGERS)
     _choice("trainable", cfg.trainable, _TRAINABLE)
     _choice("head", cfg.head, _HEADS)
     need(cfg.model in MODELS, f"config key 'model': unknown model '{cfg.model}' "
@@ -325,6 +330,11 @@ def _check_augment(a: AugmentConfig) -> None:
         if not ok:
             raise UserError(msg)
     _choice("augment.fill", a.fill, _FILLS)
+
+
+def log_names(log: str) -> list[str]:
+    """Config key `log` as a list of loggers: 'none' -> [], 'tensorboard' -> ['tensorboard'] (comma-separated)."""
+    return [] if log.strip() == "none" else [n.strip() for n in log.split(",")]
 
 
 def is_transfer(cfg: Config) -> bool:

@@ -64,3 +64,25 @@ def confusion_figure(cm: Sequence[Sequence[int]], classes: Sequence[str], title:
     ax.set(title=title, xlabel="predicted", ylabel="true")
     fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
     return fig
+
+
+def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], best_lr: float,
+                   suggestion: float, title: str) -> Figure:
+    """The lr range test (`cifarlab lr-find`): loss per batch (faint) and smoothed against a log lr axis,
+    the lowest smoothed loss and the suggested rate (a tenth of it) marked."""
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(lrs, losses, color="tab:blue", alpha=0.25, lw=1, label="batch loss")
+    ax.plot(lrs, smoothed, color="tab:blue", lw=2, label="smoothed")
+    low = int(np.argmin(smoothed))
+    ax.plot([best_lr], [smoothed[low]], "o", color="grey", label=f"lowest, lr {best_lr:.2g}")
+    near = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - math.log(suggestion))))
+    ax.axvline(suggestion, color="tab:red", ls="--", lw=1)
+    ax.plot([suggestion], [smoothed[near]], "o", color="tab:red", label=f"suggested, lr {suggestion:.2g}")
+    ax.set_xscale("log")
+    top = max(smoothed[:low + 1]) if low else smoothed[0]  # diverged tails would flatten the useful part
+    ax.set_ylim(min(smoothed) - 0.05 * abs(top), top + 0.25 * (top - min(smoothed)) + 1e-6)
+    ax.set(title=title, xlabel="learning rate (log scale)", ylabel="training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
