@@ -67,6 +67,17 @@ def write_tree(root: Path, n_train: int = 6, n_test: int = 2, seed: int = 0, noi
     return root
 
 
+def write_real_tree(cifar: Cifar10, root: Path, n_train: int = 100, n_val: int = 50) -> Path:
+    """train/<class>/ and test/<class>/ PNGs of the first n_train (n_val) real images of each class: a small
+    real CIFAR-10 for tests that start other processes (workers, torchrun), which read it as --data."""
+    for split, x, y, n in (("train", cifar.train_x, cifar.train_y, n_train), ("test", cifar.val_x, cifar.val_y, n_val)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in (y == c).nonzero().flatten()[:n].tolist():
+                Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(root / split / name / f"{i}.png")
+    return root
+
+
 def toy_data(n_train=200, n_val=100, seed=0) -> Cifar10:
     """Learnable toy set: each class is a distinct mean colour plus noise."""
     g = torch.Generator().manual_seed(seed)
