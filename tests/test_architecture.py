@@ -27,9 +27,10 @@ LAYERS = [
     ["cifarlab.models"],
     ["cifarlab.rundir"],
     ["cifarlab.train"],
-    ["cifarlab.evaluate"],
-    ["cifarlab.viz", "cifarlab.report"],
-    ["cifarlab.reproduce", "cifarlab.profiles", "cifarlab.lanes", "cifarlab.cli", "cifarlab.__main__"],
+    ["cifarlab.evaluate", "cifarlab.export"],  # export: reads a run's model and results, writes ONNX/TorchScript/safetensors
+    ["cifarlab.viz", "cifarlab.report", "cifarlab.loggers"],  # loggers: live-logging callbacks for fit
+    ["cifarlab.reproduce", "cifarlab.profiles", "cifarlab.lanes", "cifarlab.cli", "cifarlab.__main__",
+     "cifarlab.app", "cifarlab.sweep"],  # sweep: runs as an Optuna study's trials (reproduce --storage uses it)
 ]
 
 

@@ -39,7 +39,10 @@ def test_a_failing_run_stops_the_lanes_with_its_one_line_error(tiny_tree, tmp_pa
         train_in_lanes(runs, [1], None, 2, lambda s: None)
 
 
-def test_ctrl_c_stops_every_lane_and_the_same_call_resumes(tiny_tree, tmp_path):
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -INT", "kill -TERM"])
+def test_ctrl_c_stops_every_lane_and_the_same_call_resumes(tiny_tree, tmp_path, how):
+    """Ctrl-C in a terminal signals the whole process group; `kill` or a scheduler signals only the study's
+    process: either way every lane stops at a batch boundary and the parent says so in one line."""
     import os
     import signal
     import subprocess
@@ -66,7 +69,10 @@ def test_ctrl_c_stops_every_lane_and_the_same_call_resumes(tiny_tree, tmp_path):
     deadline = time.time() + 120
     while not all((tmp_path / f"r{i}" / "history.csv").is_file() for i in range(2)) and time.time() < deadline:
         time.sleep(0.2)
-    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    if how == "ctrl-c":
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    else:
+        os.kill(p.pid, signal.SIGINT if how == "kill -INT" else signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "run the same command again to resume" in err
     done = [len((tmp_path / f"r{i}" / "history.csv").read_text().splitlines()) - 1 for i in range(2)]

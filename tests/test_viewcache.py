@@ -154,3 +154,32 @@ def test_without_augmentation_one_view_is_the_plain_images_shared_by_both_mnets(
     fit(resolve_config("mnet2", sets), data, tmp_path / "m2")
     said = [ln for ln in capsys.readouterr().err.splitlines() if "1 un-augmented view(s)" in ln]
     assert len(said) == 2 and said[0].split(" from ")[1].split()[0] == said[1].split(" from ")[1].split()[0]
+
+
+def test_ctrl_c_during_an_embedding_pass_stops_at_the_next_chunk(tmp_path, monkeypatch):
+    """A view pass takes minutes on a CPU: one Ctrl-C stops it at the next chunk with the one-line resume
+    message, keeping the views already finished (before, the signal waited for the whole pass)."""
+    import signal
+
+    from cifarlab.train import runctl
+
+    monkeypatch.setattr(viewcache, "CHUNK", 8)
+    net = tiny_net()
+    calls = {"n": 0}
+    real = net.embed_shared
+
+    def ctrl_c_in_view_two(x):
+        calls["n"] += 1
+        if calls["n"] == 8:  # a probe and 5 chunks for view 1, a probe and the first chunk of view 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(x)
+
+    net.embed_shared = ctrl_c_in_view_two
+    with pytest.raises(runctl.Interrupted) as e:
+        with runctl.RunControl(tmp_path / "run"):
+            build(tmp_path, net)
+    assert str(e.value).startswith("interrupted while embedding training view 2/3 (1/5): what had finished is kept.")
+    assert calls["n"] == 8  # stopped at the next chunk, not at the end of the pass
+    folder = next((tmp_path / "views").iterdir())
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == \
+        ["train_view0.npy", "train_view0.npy.sha256"]

@@ -85,6 +85,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    ".h5, or 'imagenet' (download); default: the preset's")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt "
                    "(--epochs may extend it)")
+    p.add_argument("--log", choices=["none", "tensorboard"], default=None,
+                   help="live logging (config key log): tensorboard writes RUN_DIR/tb/ (view with "
+                   "`tensorboard --logdir RUN_DIR/tb`; needs pip install 'cifarlab[tensorboard]'); default: the "
+                   "config's, none")
     _add_device(p)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
@@ -96,6 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.config import resolve_config
     from cifarlab.data import load_cifar10
     from cifarlab.device import select_device
+    from cifarlab.loggers import loggers_for, require_loggers
     from cifarlab.rundir import RunDir
     from cifarlab.train import fit
 
@@ -104,8 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not RunDir(run_dir).config.is_file():
             raise UserError(f"--resume {run_dir}: not a run directory (no config.yaml)")
         if args.preset or args.set or args.train_subset or args.weights or args.seed is not None:
-            raise UserError("--resume continues a run with its own config.yaml; only --epochs, --data and "
-                            "--device may be given")
+            raise UserError("--resume continues a run with its own config.yaml; only --epochs, --data, "
+                            "--device and --log may be given")
         cfg = RunDir(run_dir).load_config()
         if args.epochs is not None:
             if args.epochs <= 0:
@@ -113,11 +118,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg.epochs = args.epochs
         if args.device:
             cfg.device = args.device
+        if args.log:
+            cfg.log = args.log
     else:
         if not args.preset:
             raise UserError("cifarlab train: --preset is required (or --resume RUN_DIR)")
         cfg = resolve_config(args.preset, args.set, epochs=args.epochs, train_subset=args.train_subset,
-                             seed=args.seed, weights=args.weights, device=args.device)
+                             seed=args.seed, weights=args.weights, device=args.device, log=args.log)
         run_dir = Path(args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"--out {run_dir}: exists and is not a folder")
@@ -127,15 +134,69 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.data:
         cfg.data = args.data
     select_device(cfg.device)  # an unavailable device fails before minutes of data loading
+    require_loggers(cfg)  # so does a missing extra for --log
     data = load_cifar10(cfg.data, progress=not args.quiet)  # fails before the run directory exists
-    fit(cfg, data, run_dir, resume=bool(args.resume), quiet=args.quiet)
+    fit(cfg, data, run_dir, resume=bool(args.resume), quiet=args.quiet, callbacks=loggers_for(cfg, data))
+    return 0
+
+
+def add_lr_find_args(p: argparse.ArgumentParser) -> None:
+    from cifarlab.config import list_presets
+
+    p.add_argument("--preset", required=True, help=f"one of: {', '.join(list_presets())}")
+    _add_data(p)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override config keys as for train (model, optimiser, batch_size, augment, ...)")
+    p.add_argument("--steps", type=int, default=200, help="batches in the sweep (default: %(default)s)")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: %(default)g)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate; the sweep stops early once "
+                   "the loss diverges (default: %(default)g)")
+    p.add_argument("--out", metavar="PNG", help="the plot (default: lr-find-<preset>.png)")
+    p.add_argument("--weights", metavar="FILE", help="pretrained backbone for mobilenet presets, as for train")
+    _add_device(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command("lr-find", add_lr_find_args, help="the learning-rate range test: plot loss vs lr, suggest an lr",
+         description="Train a fresh model from the preset for --steps batches while the learning rate grows "
+         "exponentially (Smith's range test, fastai's lr_find); plot the loss against the rate, mark the "
+         "suggestion (a tenth of the rate with the lowest smoothed loss) and print it as a --set line. "
+         "Writes only the plot; no run directory.")
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from cifarlab.config import resolve_config
+    from cifarlab.data import load_cifar10
+    from cifarlab.pictures import save_png
+    from cifarlab.report.figures import lr_find_figure
+    from cifarlab.train.lrfind import check_range, lr_sweep
+
+    cfg = resolve_config(args.preset, args.set, weights=args.weights, device=args.device)
+    check_range(args.start_lr, args.end_lr, args.steps)
+    out = Path(args.out or f"lr-find-{cfg.preset}.png")
+    if not out.parent.is_dir() or out.is_dir():
+        raise UserError(f"--out {out}: {'is a folder' if out.is_dir() else f'folder {out.parent} does not exist'}")
+    data = load_cifar10(args.data or cfg.data, progress=not args.quiet)
+    try:
+        sweep = lr_sweep(cfg, data, args.steps, args.start_lr, args.end_lr, quiet=args.quiet)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("lr-find interrupted; nothing was written") from None
+    title = f"lr range test: {cfg.preset} ({cfg.model}, {cfg.optimizer}, batch {cfg.batch_size})"
+    save_png(lr_find_figure(sweep.lrs, sweep.losses, sweep.smoothed, sweep.best_lr, sweep.suggestion, title), out)
+    end = "the loss diverged" if sweep.diverged else "the end of the range"
+    print(f"{len(sweep.lrs)} batches from lr {sweep.lrs[0]:.2g} to {sweep.lrs[-1]:.2g} ({end}); lowest smoothed "
+          f"loss {min(sweep.smoothed):.4f} at lr {sweep.best_lr:.3g}; the config's lr: {cfg.lr:g}")
+    if sweep.lrs.index(sweep.best_lr) >= 0.9 * len(sweep.lrs):
+        print(f"note: the loss was still falling near lr {sweep.lrs[-1]:.2g}; a higher --end-lr may find a lower "
+              "minimum")
+    print(f"wrote {out}")
+    print(f"--set lr={sweep.suggestion:.2g}")
     return 0
 
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory; or a model written by `cifarlab export`: "
+                   "a .onnx file (run by onnxruntime) or a safetensors EXPORT_DIR, to check it against the run")
     _add_data(p)
-    p.add_argument("--checkpoint", default="last", choices=["last", "best"],
+    p.add_argument("--checkpoint", default=None, choices=["last", "best"],
                    help="last.pt (the final model, default) or best.pt (best validation epoch)")
     _add_testset(p, "evaluate on DIR/<class>/<photo> instead (any size or format; default: $CIFARLAB_TESTSET)")
     p.add_argument("--filtered", action="store_true", help="the study's filter: Gaussian blur, kernel "
@@ -148,6 +209,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
                    "realworld_filtered; so each photo set keeps its own results). compare and report show the "
                    "study's sets, test and test_filtered, as reproduce writes them: pass --name test (or "
                    "test_filtered) for them to show this set")
+    p.add_argument("--out", metavar="FILE", help="for an exported model: also write the report as JSON to FILE "
+                   "(an export's results are printed, never written into a run directory)")
     _add_device(p)
 
 
@@ -157,13 +220,20 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
          "matrix (RUN_DIR/eval/validation.json and validation_confusion.csv). With --testset: the "
          "same for a folder of photos, plus per-image predictions and the misclassified images "
          "(RUN_DIR/eval/NAME.json, NAME_confusion.csv, NAME_predictions.csv, NAME_misclassified.png; "
-         "NAME: see --name).")
+         "NAME: see --name). An exported .onnx or EXPORT_DIR is scored the same way and its results printed "
+         "beside the run's recorded validation accuracy (--out FILE: also as JSON).")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cifarlab.config import load_config
     from cifarlab.data import load_cifar10
     from cifarlab.evaluate import evaluate_run
+    from cifarlab.export.load import is_export
 
     run_dir = Path(args.run_dir)
+    if is_export(run_dir):
+        return _evaluate_export(args, run_dir)
+    if args.out:
+        raise UserError("--out is for an exported model; a run's results go to RUN_DIR/eval/")
+    args.checkpoint = args.checkpoint or "last"
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
     if args.testset:  # photos only: no CIFAR-10 needed
@@ -199,6 +269,71 @@ def _evaluate_testset(args: argparse.Namespace, run_dir: Path) -> int:
         print("most confused (true -> predicted: count): "
               + ", ".join(f"{t} -> {p}: {n}" for t, p, n in report["most_confused"]))
     print("wrote " + ", ".join(str(f) for f in output_files(run_dir, name)))
+    return 0
+
+
+def _evaluate_export(args: argparse.Namespace, path: Path) -> int:
+    from cifarlab.data import load_cifar10
+    from cifarlab.data.testset import load_testset
+    from cifarlab.evaluate.testset import photo_set_name
+    from cifarlab.export.load import evaluate_export, load_export
+    from cifarlab.io import write_json
+
+    if args.checkpoint or args.name:
+        raise UserError(f"{'--checkpoint' if args.checkpoint else '--name'} is for a run directory; an export holds "
+                        "one model and its results go to --out FILE")
+    out = Path(args.out) if args.out else None
+    if out and (out.is_dir() or not out.parent.is_dir()):
+        raise UserError(f"--out {out}: give a file in an existing folder")
+    export = load_export(path, args.device or "auto")  # one line if it is not a cifarlab export
+    if args.testset:
+        ts = load_testset(args.testset, filtered=args.filtered, fit=args.fit, strict=args.strict)
+        report = evaluate_export(export, ts.x, ts.y, photo_set_name(args.testset, args.filtered), testset=ts)
+        where = f"from {ts.root} ({'filtered, ' if ts.filtered else ''}fit {ts.fit}), {len(ts.skipped)} skipped"
+    else:
+        data = load_cifar10(args.data or export.meta.get("data"))
+        report = evaluate_export(export, data.val_x, data.val_y, "validation")
+        where = f"(the run recorded {report['run_validation_accuracy']:.4f})" \
+            if report["run_validation_accuracy"] is not None else "(the run recorded no validation accuracy)"
+    print(f"{path} ({export.describe()}): {report['set']} accuracy {report['accuracy']:.4f} on {report['n']} "
+          f"images {where}")
+    for c, a in report["per_class_accuracy"].items():
+        print(f"  {c:<11}{a:.3f}")
+    if report.get("most_confused"):
+        print("most confused (true -> predicted: count): "
+              + ", ".join(f"{t} -> {p}: {n}" for t, p, n in report["most_confused"]))
+    if out:
+        write_json(out, report)
+        print(f"wrote {out}")
+    return 0
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    from cifarlab.export import CONTRACT, FORMATS  # the package's root imports nothing: --help stays light
+
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="onnx: one .onnx file with a dynamic batch axis (pip install 'cifarlab[export]'); "
+                   "torchscript: a traced module for torch.jit.load; safetensors: a folder with model.safetensors, "
+                   "config.yaml and a Hugging Face model card (README.md) filled from the run's results")
+    p.add_argument("--out", metavar="PATH", help="file (onnx, torchscript) or folder (safetensors) to write "
+                   "(default: RUN_DIR/export/CHECKPOINT.onnx, CHECKPOINT.torchscript.pt or CHECKPOINT-safetensors/)")
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"],
+                   help="last.pt (the final model, default) or best.pt (best validation epoch)")
+    p.epilog = f"Every format: {CONTRACT}. Check an export against the run with `cifarlab evaluate FILE_OR_DIR`."
+
+
+@command("export", add_export_args, help="export a run's model as ONNX, TorchScript, or safetensors with a model card",
+         description="Export a trained run's model to run elsewhere (ONNX, TorchScript) or to share it "
+         "(safetensors + config + model card). The exported model does what cifarlab's evaluation does to an "
+         "image (scaling, normalisation, the MobileNets' resize, the run's test-time augmentation), so it "
+         "scores as the run did.")
+def cmd_export(args: argparse.Namespace) -> int:
+    from cifarlab.export.write import export_run
+
+    out = export_run(args.run_dir, args.format, args.out, args.checkpoint)
+    check = "load it with torch.jit.load" if args.format == "torchscript" else f"check it with: cifarlab evaluate {out}"
+    print(f"wrote {out} ({args.format}, {args.checkpoint}.pt of {args.run_dir}); {check}")
     return 0
 
 
@@ -333,6 +468,12 @@ def add_reproduce_args(p: argparse.ArgumentParser) -> None:
                    "resolved config and estimated_minutes; then the total) and exit without training")
     p.add_argument("--weights", metavar="FILE", help="MobileNet weights for MNET1/MNET2 (.tflite, .h5 or "
                    "'imagenet', the presets' default, which downloads Keras' file)")
+    p.add_argument("--storage", metavar="URL", help="train the plan's runs (every seed) as an Optuna study that "
+                   "more processes or machines can join with --worker (see `cifarlab sweep`): a journal file on a "
+                   "filesystem they all see, or a database URL (postgresql://...); this process trains too, waits "
+                   "for the last run, then evaluates and reports. Needs pip install 'cifarlab[sweep]'")
+    p.add_argument("--worker", action="store_true", help="with --storage: only train runs of the study, then "
+                   "exit (no evaluation or report)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -344,10 +485,58 @@ def add_reproduce_args(p: argparse.ArgumentParser) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from cifarlab.reproduce import reproduce
 
+    if args.worker and not args.storage:
+        raise UserError("--worker joins a study: it needs --storage URL")
+    if args.storage and args.jobs:
+        raise UserError("--storage trains in this process as one worker; start more with --worker, not --jobs")
     index = reproduce(args.data, args.testset, Path(args.out), args.profile, args.seeds, args.weights, args.quiet,
-                      jobs=args.jobs, dry_run=args.dry_run)
+                      jobs=args.jobs, dry_run=args.dry_run, storage=args.storage, worker=args.worker)
     if index is not None:
         print(index)
+    return 0
+
+
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC.yaml", help="what to run: preset, data, objective, and a grid or a search "
+                   "space (examples/sweeps/seeds.yaml, examples/sweeps/lr.yaml)")
+    p.add_argument("--storage", metavar="URL", help="where the study lives, shared by every worker: an Optuna "
+                   "journal file on a filesystem they all see (default: SWEEP_DIR/journal.log) or a database URL, "
+                   "e.g. postgresql://USER:PASSWORD@HOST/DB")
+    p.add_argument("--out", metavar="SWEEP_DIR", help="the sweep's folder: runs/<params>/ (one run directory per "
+                   "trial), the journal, the summary and plots (default: sweeps/<SPEC's name>)")
+    p.add_argument("--worker", action="store_true", help="only work: take trials until none is left, print no "
+                   "summary (start one per process or machine; a worker can join or leave at any time)")
+    p.add_argument("--trials", type=int, metavar="N", help="this process takes at most N trials")
+    p.add_argument("--summary", action="store_true", help="train nothing: print the best trials and a mean ± std "
+                   "table per grid cell (pooled over seed), write SWEEP_DIR/summary.md, summary.csv and Optuna's "
+                   "plots (optimization_history.png, param_importances.png)")
+    p.add_argument("--heartbeat", type=int, default=10, metavar="S", help="seconds between a running trial's "
+                   "heartbeats; a trial silent for 3 of them (its worker killed or lost) is retried by another "
+                   "worker, resuming its run directory (default: %(default)s)")
+    _add_data(p)
+    _add_device(p)
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and the summary")
+
+
+@command("sweep", add_sweep_args, help="seeds, presets or a hyperparameter search on Optuna workers",
+         description="Run a SPEC's grid (every combination once) or search (TPE, pruned on per-epoch "
+         "validation accuracy) as one Optuna study that any number of processes and machines work on: start "
+         "the same command on each (with --worker for all but one). Every trial is an ordinary run directory, "
+         "SWEEP_DIR/runs/<params>, so compare, report and robustness read it; a worker killed mid-trial is "
+         "noticed by its missing heartbeat and its trial retried, resuming the run. SPEC keys: preset, data, "
+         "subset, epochs, set ({key: value}), objective (val_accuracy, or testset with testset: DIR and "
+         "filtered), then grid ({key: [values]}) or space ({key: [low, high] | {log: [low, high]} | "
+         "{choice: [...]}}) with trials and prune. Needs pip install 'cifarlab[sweep]'.")
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cifarlab.sweep import run_sweep
+
+    if args.summary and (args.worker or args.trials):
+        raise UserError("--summary trains nothing: it takes no --worker or --trials")
+    text = run_sweep(args.spec, args.storage, args.out, worker=args.worker, trials=args.trials,
+                     show_summary=args.summary, heartbeat=args.heartbeat, data=args.data, device=args.device,
+                     quiet=args.quiet)
+    if text is not None:
+        print(text)
     return 0
 
 
@@ -484,6 +673,42 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     written = write_outputs(results, Path(args.out)) + write_figures(results, Path(args.out))
     print((Path(args.out) / "summary.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written) + f" and {len(runs)} x RUN_DIR/eval/robustness.json")
+    return 0
+
+
+def add_app_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="trained runs to load (read only, once)")
+    _add_testset(p, "photos DIR/<class>/<photo> to pick from on the page, their true class known "
+                 "(default: $CIFARLAB_TESTSET; none: uploads only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
+                   "only; 0.0.0.0 lets the network in)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=64, metavar="MB",
+                   help="largest photo accepted, in MB (default: %(default)s; decoding also refuses over 50 MP)")
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"])
+
+
+@command("app", add_app_args, help="a local web page: any photo through every run, and why they answer",
+         description="Start a local web app (Gradio; pip install 'cifarlab[app]'): upload or pick a photo and see "
+         "every run's top-5 answer on the 32x32 (128x128 for MobileNets) image it sees, unfiltered and with the "
+         "study's blur; Grad-CAM, Grad-CAM++, Score-CAM and occlusion for a chosen model, class and layer, and "
+         "activation grids; the runs' Table 2 rows, curves, confusion matrices and robustness figures. Models "
+         "run on the CPU; nothing is written into the run directories.")
+def cmd_app(args: argparse.Namespace) -> int:
+    from cifarlab.app.lab import check_run
+    from cifarlab.app.ui import check_port, import_gradio, serve
+
+    for run in args.run_dirs:  # bad arguments: one line before anything loads
+        check_run(run, args.checkpoint)
+    if args.testset and not Path(args.testset).is_dir():
+        raise UserError(f"--testset {args.testset}: not a folder")
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port must be in [1, 65535], got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise UserError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    check_port(args.host, args.port)
+    import_gradio()
+    serve(args.run_dirs, args.testset, args.host, args.port, args.max_upload_mb, args.checkpoint)
     return 0
 
 

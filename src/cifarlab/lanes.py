@@ -124,7 +124,10 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
             active[k] = (run_dir, cfg.epochs)
             spec = {"run_dir": str(run_dir), "data": data, "finish": finish[i] if finish else None}
             cmd = [sys.executable, "-m", "cifarlab.lanes", json.dumps(spec)]
-            procs[k] = p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # Its own session: a signal meant for the study (Ctrl-C, `kill -INT`/`-TERM` of this process, a
+            # scheduler's stop) reaches the lanes once, from here, however it was sent.
+            procs[k] = p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                            start_new_session=True)
             _, err = p.communicate()
             if p.returncode != 0:
                 lines = [ln for ln in err.strip().splitlines() if ln.strip()]
@@ -138,6 +141,9 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
     workers = [threading.Thread(target=lane_worker, args=(k, lane), daemon=True) for k, lane in enumerate(lanes)]
     for w in workers:
         w.start()
+    # SIGINT and SIGTERM stop the lanes, also where the shell started us with SIGINT ignored (a background job)
+    old = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)} \
+        if threading.current_thread() is threading.main_thread() else {}
     try:
         last = time.monotonic()
         while any(w.is_alive() for w in workers):
@@ -150,11 +156,18 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
                 last = time.monotonic()
                 eta = eta_seconds(lanes, runs, costs, done, last - t0)
                 say("  " + " | ".join(progress_line(d, e) for d, e in list(active.values())) + f" | ETA {fmt_time(eta)}")
-    except KeyboardInterrupt:  # the lanes got the same SIGINT and stop at a batch boundary; wait for them
+    except KeyboardInterrupt:  # tell each lane once; each stops at a batch boundary, keeping its epochs
+        stop.set()
+        for p in list(procs.values()):
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
         for w in workers:
             w.join()
         raise Interrupted("interrupted: each run keeps its last finished epoch; run the same command again to "
                           "resume") from None
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     if failures:
         raise UserError(failures[0])
 
@@ -165,6 +178,7 @@ def _worker_main(spec_json: str) -> int:
     import torch
 
     from cifarlab.data import load_cifar10
+    from cifarlab.loggers import loggers_for
     from cifarlab.train import fit
 
     spec = json.loads(spec_json)
@@ -173,7 +187,7 @@ def _worker_main(spec_json: str) -> int:
     try:
         cfg = load_config(path / "config.yaml")
         cifar = load_cifar10(spec["data"] or cfg.data, progress=False)
-        fit(cfg, cifar, path, resume=(path / "last.pt").is_file(), quiet=True)
+        fit(cfg, cifar, path, resume=(path / "last.pt").is_file(), quiet=True, callbacks=loggers_for(cfg, cifar))
         if spec["finish"] is not None:
             from cifarlab.reproduce import finish_run  # the study's stages, one level up from here
 

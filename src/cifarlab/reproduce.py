@@ -24,9 +24,12 @@ from cifarlab.train.progress import fmt_time
 
 def reproduce(data: str | None, testset: str | None, out: Path, profile: str | None = None, seeds: int = 1,
               weights: str | None = None, quiet: bool = False, overrides: dict[str, list[str]] | None = None,
-              jobs: int | None = None, dry_run: bool = False) -> Path | None:
+              jobs: int | None = None, dry_run: bool = False, storage: str | None = None,
+              worker: bool = False) -> Path | None:
     """Plan, check every input, train (`jobs` runs at a time), evaluate, tabulate and report; returns the
-    report's index.html (None for a dry run, which only prints the plan)."""
+    report's index.html (None for a dry run, which only prints the plan). With `storage` (an Optuna journal
+    file or database URL) the runs are a study's grid that more processes join with `worker` (sweep.py);
+    a worker only trains and returns None."""
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if profile is None:
         profile, why = auto_profile()
@@ -41,7 +44,17 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     if dry_run:
         print(plan_yaml(plan_jobs, seconds, profile, n_lanes))
         return None
+    if storage:  # the storage and the optional extra are checked before the data
+        from cifarlab.sweep import open_storage
+
+        store = open_storage(storage, out)
     cifar, tests = _check_inputs(plan_jobs, data, testset, quiet, say)  # seconds, not hours, before a failure
+    if storage:
+        from cifarlab.sweep import train_as_study
+
+        train_as_study(f"reproduce-{prof.name}", [(j.run_dir, j.cfg) for j in plan_jobs], store, out, cifar, say)
+        if worker:
+            return None
     todo = [i for i, j in enumerate(plan_jobs) if not RunDir(j.run_dir).is_finished()]
     lanes = min(n_lanes, len(todo)) or 1
     eta = _wall_seconds(plan_jobs, seconds, todo, lanes)
@@ -109,6 +122,7 @@ def train_stage(jobs: list[Job], todo: list[int], seconds: list[float], cifar: A
     """Train the unfinished runs: in this process one after another, or in `lanes` processes at once
     (each then also does its run's `finish_run` stages)."""
     from cifarlab.lanes import train_in_lanes
+    from cifarlab.loggers import loggers_for
     from cifarlab.train import fit
 
     for i, job in enumerate(jobs):
@@ -127,7 +141,8 @@ def train_stage(jobs: list[Job], todo: list[int], seconds: list[float], cifar: A
         job, rd = jobs[i], RunDir(jobs[i].run_dir)
         resume = rd.config.is_file()
         say(f"{job.run_dir.name}: {'resuming' if resume else 'training'} (about {fmt_time(seconds[i])})")
-        fit(rd.load_config() if resume else job.cfg, cifar, job.run_dir, resume=resume, quiet=quiet)
+        cfg = rd.load_config() if resume else job.cfg
+        fit(cfg, cifar, job.run_dir, resume=resume, quiet=quiet, callbacks=loggers_for(cfg, cifar))  # config key log
 
 
 def finish_run(run: Path, cifar: Any, *, tests: dict[str, Any] | None = None, testset: str | None = None,
@@ -153,7 +168,8 @@ def _changed_keys(job: Job) -> list[str]:
     if not rd.config.is_file():
         return []
     ran, planned = rd.load_config().to_dict(), job.cfg.to_dict()
-    return [k for k in planned if k not in ("data", "device", "weights", "description") and ran.get(k) != planned[k]]
+    return [k for k in planned if k not in ("data", "device", "weights", "description", "log")
+            and ran.get(k) != planned[k]]
 
 
 def evaluate_stage(run_dirs: list[Path], cifar: Any, tests: dict[str, Any], say: Callable[[str], None]) -> None:

@@ -153,12 +153,13 @@ def test_ctrl_c_in_process_keeps_the_checkpoint_and_says_how_to_resume(tree, tmp
         real(epoch, batch, n)
 
     monkeypatch.setattr(runctl, "check_stop", ctrl_c_at_epoch_2)
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     run = tmp_path / "run"
     line = one_line_error(["train", *TRAIN, "--data", tree, "--out", run, "--quiet"], capsys, code=130)
     assert line == (f"interrupted at epoch 2, batch 2/5: last.pt holds epoch 1; the 2 batches done of epoch 2 "
                     f"are redone on resume, with the same result. Continue with: cifarlab train --resume {run}")
     assert load_checkpoint(run / "last.pt")["state"]["epoch"] == 1 and not (run / ".lock").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
 
 
 def test_every_output_is_written_atomically():

@@ -25,7 +25,7 @@ from cifarlab.config import Config, save_config
 from cifarlab.data import Cifar10, class_balanced_subset
 from cifarlab.data.cifar import default_cache_dir
 from cifarlab.data.augment import alternating_flips, augment_batch, augment_config
-from cifarlab.device import autocast, dist_info, select_device, to_input, use_channels_last
+from cifarlab.device import autocast, dist_info, machine, select_device, to_input, use_channels_last
 from cifarlab.errors import UserError
 from cifarlab.io import load_checkpoint, save_checkpoint, write_csv, write_json
 from cifarlab.models.build import build_model, init_from_data
@@ -59,6 +59,25 @@ def batch_indices(order: torch.Tensor, i: int, batch_size: int, rank: int = 0, w
     return order[i * batch_size:(i + 1) * batch_size][rank::world]
 
 
+def steps_per_epoch(n_images: int, batch_size: int, world: int = 1) -> int:
+    """Optimiser steps in one epoch; under torchrun only whole global batches, so every rank steps alike."""
+    return n_images // batch_size if world > 1 else math.ceil(n_images / batch_size)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor, cfg: Config,
+               criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a ready float batch: the loss (cfg's criterion) + Keras L2; returns
+    (the loss without L2, logits). The training loop and the lr finder (train/lrfind.py) share it."""
+    with autocast(cfg.amp, xb.device):
+        logits = model(xb)
+        loss = criterion(logits.float(), yb)
+    total = loss + cfg.l2 * l2_penalty(model) if cfg.l2 else loss
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    return loss, logits
+
+
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: Config,
                 epoch: int, progress: Progress, lookahead: Lookahead | None = None) -> tuple[float, float]:
     """One pass over (x, y) in a seeded random order; returns (mean loss, accuracy) of this process's share.
@@ -82,7 +101,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
-    n_batches = len(x) // cfg.batch_size if world > 1 else math.ceil(len(x) / cfg.batch_size)  # equal on all ranks
+    n_batches = steps_per_epoch(len(x), cfg.batch_size, world)  # equal on all ranks
     for i in range(n_batches):
         runctl.check_stop(epoch, i, n_batches)  # Ctrl-C: stop between batches, never mid-step
         idx = batch_indices(order, i, cfg.batch_size, rank, world)
@@ -93,13 +112,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
             xb = augment_batch(xb, aug, aug_gen, flips)
         if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with autocast(cfg.amp, device):
-            logits = model(xb)
-            loss = criterion(logits.float(), yb)
-        total = loss + cfg.l2 * l2_penalty(model) if cfg.l2 else loss
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
+        loss, logits = train_step(model, opt, xb, yb, cfg, criterion)
         step = (epoch - 1) * n_batches + i + 1
         if lookahead is not None and step % LOOKAHEAD_EVERY == 0:
             lookahead.step(getattr(model, "module", model), step / (cfg.epochs * n_batches))
@@ -122,6 +135,7 @@ def embed_all(model: TransferNet, x: torch.Tensor, batch_size: int, quiet: bool,
     progress = Progress(math.ceil(len(x) / batch_size), label, quiet)
     out = []
     for i in range(0, len(x), batch_size):
+        runctl.check_stop(0, len(out), progress.total, label)  # minutes on a CPU: Ctrl-C must not wait for it
         out.append(model.embed(to_input(x[i:i + batch_size].to(device), False)).half())
         progress.update(len(out))
     return torch.cat(out)
@@ -183,6 +197,7 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
 
     net = model  # what the loop trains: the whole model, or only its tail on cached embeddings
     embed_seconds = 0.0
+    about = {"data": data.source, "machine": machine(device)}  # for metrics.json (and a model card)
     if state["epoch"] < cfg.epochs and isinstance(model, TransferNet) and cfg.cache_features \
             and not augment_config(cfg).enabled and not cfg.aug_views:
         t0 = time.perf_counter()
@@ -245,12 +260,12 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
                 ckpt["lookahead"] = lookahead.state_dict()
             save_checkpoint(ckpt_path, ckpt)
             write_csv(rd.history, state["history"], HISTORY_FIELDS)
-            write_json(rd.metrics, _metrics(cfg, state, len(train_x), embed_seconds))
+            write_json(rd.metrics, _metrics(cfg, state, len(train_x), embed_seconds, about))
         eta = sum(r["seconds"] for r in state["history"][-3:]) / min(3, epoch) * (cfg.epochs - epoch)
         log(f"epoch {epoch}/{cfg.epochs} lr {lr:.2g} train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f}s, ETA {fmt_time(eta)}")
         call(callbacks, "on_epoch_end", row, state, model)
-    metrics = _metrics(cfg, state, len(train_x), embed_seconds)
+    metrics = _metrics(cfg, state, len(train_x), embed_seconds, about)
     if writer:  # again at the end: a kill may have come between last.pt and these, and a resume lands here
         write_csv(rd.history, state["history"], HISTORY_FIELDS)
         write_json(rd.metrics, metrics)
@@ -262,7 +277,8 @@ def _fit(cfg: Config, data: Cifar10, run_dir: Path, resume: bool, quiet: bool,
     return metrics
 
 
-def _metrics(cfg: Config, state: dict[str, Any], n_train: int, embed_seconds: float = 0.0) -> dict[str, Any]:
+def _metrics(cfg: Config, state: dict[str, Any], n_train: int, embed_seconds: float = 0.0,
+             about: dict[str, Any] | None = None) -> dict[str, Any]:
     hist = state["history"]
     return {
         "val_accuracy": hist[-1]["val_acc"] if hist else None,  # the final model (last.pt)
@@ -278,6 +294,7 @@ def _metrics(cfg: Config, state: dict[str, Any], n_train: int, embed_seconds: fl
         "train_images": n_train,
         "model": cfg.model,
         "preset": cfg.preset,
+        **(about or {}),  # data: the CIFAR-10 source read; machine: device, CPU/GPU name, cores, threads (last session)
     }
 
 

@@ -39,6 +39,10 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) honoured at a batch boundary; the message says what was kept and how to resume."""
 
 
+class RunInUse(UserError):
+    """Another live process holds the run directory's lock (a sweep worker waits for it instead of failing)."""
+
+
 class RunLock:
     """Exclusive use of a run directory for this process (flock on RUN_DIR/.lock)."""
 
@@ -56,7 +60,7 @@ class RunLock:
             except OSError:
                 holder = _read(fd)
                 os.close(fd)
-                raise UserError(f"{self.path.parent} is in use by another cifarlab process ({holder}); wait for "
+                raise RunInUse(f"{self.path.parent} is in use by another cifarlab process ({holder}); wait for "
                                 "it to finish or stop it (its lock is released the moment it exits)") from None
             if _same_file(fd, self.path):  # not unlinked by a holder that exited meanwhile
                 break
@@ -102,15 +106,16 @@ _stop: list[int] = []  # signal numbers received; signals reach the whole proces
 class StopRequested(Exception):
     """Raised by check_stop at a batch boundary; fit turns it into Interrupted with the resume command."""
 
-    def __init__(self, epoch: int, batch: int, n_batches: int):
+    def __init__(self, epoch: int, batch: int, n_batches: int, during: str = ""):
         super().__init__(f"epoch {epoch}, batch {batch}/{n_batches}")
-        self.epoch, self.batch, self.n_batches = epoch, batch, n_batches
+        self.epoch, self.batch, self.n_batches, self.during = epoch, batch, n_batches, during
 
 
-def check_stop(epoch: int, batch: int, n_batches: int) -> None:
-    """Called between batches: stop here if Ctrl-C or SIGTERM arrived (nothing is half-done)."""
+def check_stop(epoch: int, batch: int, n_batches: int, during: str = "") -> None:
+    """Called between batches (of training, or of a long pass before it, named by `during`): stop here if
+    Ctrl-C or SIGTERM arrived (nothing is half-done)."""
     if _stop:
-        raise StopRequested(epoch, batch, n_batches)
+        raise StopRequested(epoch, batch, n_batches, during)
 
 
 def _on_signal(signum: int, frame) -> None:
@@ -194,6 +199,9 @@ class RunControl:
             raise Interrupted(self.resume_message(exc)) from None
 
     def resume_message(self, stop: StopRequested) -> str:
+        if stop.during:
+            return (f"interrupted while {stop.during} ({stop.batch}/{stop.n_batches}): what had finished is kept. "
+                    f"Continue with: cifarlab train --resume {self.run_dir}")
         kept = (f"last.pt holds epoch {stop.epoch - 1}; the {stop.batch} batches done of epoch {stop.epoch} are "
                 "redone on resume, with the same result" if stop.epoch > 1 else "no epoch had finished, so nothing "
                 "was saved but config.yaml")

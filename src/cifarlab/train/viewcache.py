@@ -36,6 +36,7 @@ import torch
 from cifarlab.data.augment import AugmentConfig, augment_batch
 from cifarlab.io import write_text
 from cifarlab.models.transfer import TransferNet
+from cifarlab.train import runctl
 from cifarlab.train.progress import Progress
 
 try:
@@ -123,6 +124,7 @@ def _build(path: Path, model: TransferNet, x: torch.Tensor, aug: AugmentConfig |
     try:
         out = np.lib.format.open_memmap(part, mode="w+", dtype=np.float16, shape=(len(x), *shape))
         for i in range(0, len(x), CHUNK):
+            runctl.check_stop(0, i // CHUNK, progress.total, label)  # a pass takes minutes: Ctrl-C must not wait
             xb = x[i:i + CHUNK].to(device).float().div_(255)
             if aug is not None:
                 xb = augment_batch(xb, aug, gen)
