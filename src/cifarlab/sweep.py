@@ -513,10 +513,15 @@ class _Reporter:
 
     def __init__(self, trial: Any, optuna: Any):
         self.trial, self.optuna = trial, optuna
+        self.epochs = 0
+
+    def on_train_start(self, cfg: Config, run_dir: Path, state: dict[str, Any]) -> None:
+        self.epochs = cfg.epochs
 
     def on_epoch_end(self, row: dict[str, Any], state: dict[str, Any], model: Any) -> None:
         self.trial.report(row["val_acc"], row["epoch"])
-        if self.trial.should_prune():
+        # never after the last epoch: that run is finished, and a finished run is a complete trial
+        if row["epoch"] < self.epochs and self.trial.should_prune():
             raise self.optuna.TrialPruned(f"epoch {row['epoch']}: val_accuracy {row['val_acc']:.4f}")
 
 
@@ -524,6 +529,7 @@ def _train(run_dir: Path, cfg: Config, cifar: Any, reporter: _Reporter, say: Cal
            what: str) -> dict[str, Any]:
     """fit() into run_dir: new, resumed from its last epoch, or (finished) only read back. If another worker
     holds the run lock (it was taken for dead while alive), wait for it to finish or die."""
+    from cifarlab.loggers import loggers_for
     from cifarlab.train import fit
     from cifarlab.train.runctl import RunInUse
 
@@ -533,7 +539,8 @@ def _train(run_dir: Path, cfg: Config, cifar: Any, reporter: _Reporter, say: Cal
         if rd.config.is_file():
             _same_settings(rd, cfg)
         try:
-            return fit(cfg, cifar, run_dir, resume=rd.config.is_file(), quiet=True, callbacks=[reporter])
+            return fit(cfg, cifar, run_dir, resume=rd.config.is_file(), quiet=True,
+                       callbacks=[reporter, *loggers_for(cfg, cifar)])  # `log: tensorboard` in a SPEC's set
         except RunInUse:
             if not waited:
                 say(f"{what}: {run_dir} is being trained by another worker; waiting for it")
