@@ -274,21 +274,24 @@ def _three_workers_one_killed(optuna, tmp_path: Path, storage: str, data: Path, 
         for w in workers:
             if w.poll() is None:
                 w.kill()
-    assert f"{killed} (retry of trial" in "".join(logs)  # a survivor took the dead worker's cell
+    assert f"{killed} (retry of trial" in "".join(logs), "".join(logs)  # a survivor took the dead worker's cell
 
     # every cell done exactly once; the killed trial failed and its retry resumed the same directory
     sweep = load_spec(spec, out)
     study = optuna.load_study(study_name=sweep.name, storage=open_storage(storage, out, HEARTBEAT))
     trials = study.get_trials()
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    why = f"killed pid {workers[0].pid} in {killed.name}; trials:\n" + "\n".join(  # what went wrong, if anything
+        f"  {t.number} {t.state.name} {t.params} {t.user_attrs.get('worker')} retry of "
+        f"{t.system_attrs.get('failed_trial')} {t.user_attrs.get('error', '')}" for t in trials) + "\n" + "".join(logs)
     cells = sorted(run_name(t.params) for t in complete)
-    assert cells == sorted(run_name({"seed": s, "lr": lr}) for s in GRID["seed"] for lr in GRID["lr"])
+    assert cells == sorted(run_name({"seed": s, "lr": lr}) for s in GRID["seed"] for lr in GRID["lr"]), why
     dead = [t for t in trials if t.user_attrs.get("worker", "").startswith(f"pid {workers[0].pid} ")
             and t.state == optuna.trial.TrialState.FAIL]
-    assert [Path(t.user_attrs["run_dir"]).name for t in dead] == [killed.name]
+    assert [Path(t.user_attrs["run_dir"]).name for t in dead] == [killed.name], why
     retry = next(t for t in complete if run_name(t.params) == killed.name)
-    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == dead[0].number
-    assert "resuming" in RunDir(killed).log.read_text()  # epoch 1 was kept, not trained again
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == dead[0].number, why
+    assert "resuming" in RunDir(killed).log.read_text(), why  # epoch 1 was kept, not trained again
 
     # no run directory is corrupt: finished, one history row per epoch, loadable, nothing half-written
     for run in (out / "runs").iterdir():
