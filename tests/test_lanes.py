@@ -82,13 +82,27 @@ def test_ctrl_c_stops_every_lane_and_the_same_call_resumes(tiny_tree, tmp_path, 
     assert all(len((tmp_path / f"r{i}" / "history.csv").read_text().splitlines()) == 16 for i in range(2))
 
 
-def test_eta_counts_finished_epochs_and_scales_by_the_pace_so_far(tmp_path):
+def test_eta_counts_finished_epochs_and_scales_by_each_lanes_pace(tmp_path):
     from cifarlab.lanes import eta_seconds
 
     runs = [(tmp_path / f"r{i}", resolve_config("imp1", ["epochs=4"])) for i in range(3)]
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")  # half of r1 done
     lanes = [[0], [1, 2]]
-    # done so far: r1's half (50 s estimated) in 100 s of wall time: pace 2; lane 0 still has 100, lane 1 150
+    # lane 1 did r1's half (50 s estimated) in 100 s of wall time: pace 2, 150 s left -> 300; lane 0: no
+    # epoch yet, nothing known of its pace: its 100 s as estimated
     assert eta_seconds(lanes, runs, [100, 100, 100], set(), 100.0) == 300.0
-    assert eta_seconds(lanes, runs, [100, 100, 100], {0}, 150.0) == 150 * 150 / 150  # r0 done: pace 1
+    assert eta_seconds(lanes, runs, [100, 100, 100], {0}, 150.0) == 150 * 150 / 50  # lane 1 at a third of its pace
+    # two lanes each on schedule: the time left is the estimate's, not halved by adding up both lanes' work
+    (tmp_path / "r0").mkdir()
+    (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")
+    assert eta_seconds(lanes, runs, [100, 100, 100], set(), 50.0) == 150.0
+
+
+def test_eta_counts_time_in_a_run_before_its_first_epoch(tmp_path):
+    from cifarlab.lanes import eta_seconds
+
+    runs = [(tmp_path / f"r{i}", resolve_config("imp1", ["epochs=4"])) for i in range(2)]
+    # r0 (say a MobileNet embedding its views) started at 0 s and has no epoch after 60 of its 100 s
+    assert eta_seconds([[0, 1]], runs, [100, 100], set(), 60.0, {0: 0.0}) == 140.0
+    assert eta_seconds([[0, 1]], runs, [100, 100], set(), 300.0, {0: 0.0}) == pytest.approx(110 * 300 / 90)  # capped at 90 %

@@ -81,19 +81,24 @@ def progress_line(run_dir: Path, epochs: int) -> str:
 
 
 def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], costs: Sequence[float],
-                done: set[int], elapsed: float) -> float:
-    """Time left: each lane's estimated work still to do (epochs done count as done), scaled by the pace
-    measured so far (elapsed time over the estimated work already done); the slowest lane's."""
-    left, did = [], 0.0
+                done: set[int], elapsed: float, started: dict[int, float] | None = None) -> float:
+    """Time left: each lane's estimated work still to do, scaled by that lane's pace so far (elapsed time
+    over the estimated work it has done); the slowest lane's. A run's done share is its finished epochs,
+    or for a run that started `started[i]` seconds in, the time it has had (capped at 90 %) if that is
+    more: a MobileNet spends most of its estimate embedding, before its first epoch."""
+    started = started or {}
+    left = []
     for lane in lanes:
-        rest = 0.0
+        rest = did = 0.0
         for i in lane:
             frac = 1.0 if i in done else len(_history(runs[i][0])) / runs[i][1].epochs
+            if i not in done and i in started and costs[i] > 0:
+                frac = max(frac, min(0.9, (elapsed - started[i]) / costs[i]))
             did += costs[i] * frac
             rest += costs[i] * (1 - frac)
-        left.append(rest)
-    pace = elapsed / did if did > 0.05 * sum(costs) else 1.0
-    return max(left) * pace
+        pace = elapsed / did if did > 0.05 * sum(costs[i] for i in lane) else 1.0  # lanes run side by side
+        left.append(rest * pace)
+    return max(left)
 
 
 def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], data: str | None, n_lanes: int,
@@ -113,6 +118,7 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
     procs: dict[int, subprocess.Popen] = {}
     stop = threading.Event()
     done: set[int] = set()
+    started: dict[int, float] = {}  # run -> seconds after t0 when it started, for the ETA
     t0 = time.monotonic()
 
     def lane_worker(k: int, lane: list[int]) -> None:
@@ -122,6 +128,7 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
                 return
             run_dir, cfg = runs[i]
             active[k] = (run_dir, cfg.epochs)
+            started[i] = time.monotonic() - t0
             spec = {"run_dir": str(run_dir), "data": data, "finish": finish[i] if finish else None}
             cmd = [sys.executable, "-m", "cifarlab.lanes", json.dumps(spec)]
             # Its own session: a signal meant for the study (Ctrl-C, `kill -INT`/`-TERM` of this process, a
@@ -154,7 +161,7 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
                         p.send_signal(signal.SIGTERM)
             if time.monotonic() - last >= every:
                 last = time.monotonic()
-                eta = eta_seconds(lanes, runs, costs, done, last - t0)
+                eta = eta_seconds(lanes, runs, costs, done, last - t0, started)
                 say("  " + " | ".join(progress_line(d, e) for d, e in list(active.values())) + f" | ETA {fmt_time(eta)}")
     except KeyboardInterrupt:  # tell each lane once; each stops at a batch boundary, keeping its epochs
         stop.set()
