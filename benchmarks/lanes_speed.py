@@ -16,50 +16,17 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 WORKLOADS = ("imp", "base", "mobilenet_embed")
 
 
 def worker(workload: str, threads: int, seconds: float) -> float:
-    """Images per second of `workload` on `threads` threads, measured for about `seconds` after a warm-up."""
-    import torch
+    """Images per second of `workload` on `threads` threads, measured for about `seconds` after a warm-up
+    (the same steps as reproduce's machine-speed probe, cifarlab.train.speed)."""
+    from cifarlab.train.speed import images_per_second
 
-    from cifarlab.config import resolve_config
-    from cifarlab.data.augment import augment_batch, augment_config
-    from cifarlab.models import build_model
-
-    torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(0)
-    if workload == "mobilenet_embed":
-        model = build_model(resolve_config("mnet1", ["weights=null"]), torch.device("cpu"))
-        x = torch.rand(64, 3, 32, 32, generator=g)
-        step = lambda: model.embed(x)
-        batch = 64
-    else:
-        cfg = resolve_config("imp2" if workload == "imp" else "base")
-        model = build_model(cfg, torch.device("cpu"))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        batch = cfg.batch_size
-        x, y = torch.rand(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
-        aug = augment_config(cfg)
-
-        def step():
-            xb = augment_batch(x, aug, g) if aug.enabled else x
-            if cfg.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            loss = torch.nn.functional.cross_entropy(model(xb), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    for _ in range(3):
-        step()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        step()
-        n += batch
-    return n / (time.perf_counter() - t0)
+    return images_per_second({"mobilenet_embed": "mobilenet"}.get(workload, workload), seconds, threads, warmup=3)
 
 
 def run(workload: str, procs: int, threads: int, seconds: float) -> list[float]:

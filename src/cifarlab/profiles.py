@@ -128,28 +128,34 @@ THREAD_GAIN = 1.5  # speed-up of one run per doubling of its threads (measured 1
 ROBUSTNESS_SETTINGS = 36  # corruption x severity settings + sharpening, on `robustness_limit` images
 
 
-def estimate_seconds(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0, views_cached: bool = False) -> float:
+def estimate_seconds(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0, views_cached: bool = False,
+                     speed: dict[str, float] | None = None) -> float:
     """Training + evaluation + robustness + figures for one run, from the fitted per-image costs.
-    `views_cached`: an earlier run of the plan embeds the same MobileNet views (MNET1 for MNET2)."""
+    `views_cached`: an earlier run of the plan embeds the same MobileNet views (MNET1 for MNET2).
+    `speed`: this machine against the cost model's (train.speed.machine_speed); None = the same."""
+    speed = speed or {}
+    sec = {k: v / speed.get("mobilenet" if k.startswith("mobilenet") else "train", 1.0) for k, v in SEC.items()}
+    extra = {k: v / speed.get("train", 1.0) for k, v in EVAL_EXTRA.items()}
     n = cfg.train_subset or 50_000
     if cfg.model.startswith("mobilenet"):
         kind = "mnet1" if cfg.trainable == "head" else "mnet2"
         if augment_config(cfg).enabled and not cfg.aug_views:  # the study's way: the whole backbone, every epoch
-            train = cfg.epochs * (n + n_val) * SEC["mobilenet_embed"]
+            train = cfg.epochs * (n + n_val) * sec["mobilenet_embed"]
         else:
-            embed = 0 if views_cached else (max(cfg.aug_views, 1) * n + n_val) * SEC["mobilenet_embed"]
-            train = embed + cfg.epochs * (n + n_val) * SEC[f"{kind}_tail"]
-        after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * SEC["mobilenet_full"]
-        return train + after + EVAL_EXTRA["mobilenet"]
+            embed = 0 if views_cached else (max(cfg.aug_views, 1) * n + n_val) * sec["mobilenet_embed"]
+            train = embed + cfg.epochs * (n + n_val) * sec[f"{kind}_tail"]
+        after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * sec["mobilenet_full"]
+        return train + after + extra["mobilenet"]
     model = "base" if cfg.model == "base" else "imp"
-    train = cfg.epochs * (n * SEC[f"{model}_train"] + n_val * SEC[f"{model}_eval"])
-    after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * SEC[f"{model}_eval"]
-    return train + after + EVAL_EXTRA[model]
+    train = cfg.epochs * (n * sec[f"{model}_train"] + n_val * sec[f"{model}_eval"])
+    after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * sec[f"{model}_eval"]
+    return train + after + extra[model]
 
 
-def estimate_plan(jobs: list[Job], robustness_limit: int = 0, threads: int = 1) -> list[float]:
-    """Seconds per job, each run on `threads` threads; MobileNet runs that share a view cache pay for
-    embedding it once."""
+def estimate_plan(jobs: list[Job], robustness_limit: int = 0, threads: int = 1,
+                  speed: dict[str, float] | None = None) -> list[float]:
+    """Seconds per job, each run on `threads` threads on a machine of `speed` (None: the cost model's);
+    MobileNet runs that share a view cache pay for embedding it once."""
     seen, out = set(), []
     from cifarlab.lanes import view_key
 
@@ -158,7 +164,7 @@ def estimate_plan(jobs: list[Job], robustness_limit: int = 0, threads: int = 1) 
         key = view_key(c)
         shared = key is not None and key in seen
         seen.add(key)
-        out.append(estimate_seconds(c, robustness_limit=robustness_limit, views_cached=shared)
+        out.append(estimate_seconds(c, robustness_limit=robustness_limit, views_cached=shared, speed=speed)
                    / THREAD_GAIN ** math.log2(max(threads, 1)))
     return out
 
@@ -173,9 +179,11 @@ def default_jobs() -> int:
     return max(1, min(2, (os.cpu_count() or 1)))
 
 
-def plan_yaml(jobs: list[Job], seconds: list[float], profile: str, n_lanes: int) -> str:
+def plan_yaml(jobs: list[Job], seconds: list[float], profile: str, n_lanes: int,
+              speed: dict[str, float] | None = None) -> str:
     """`reproduce --dry-run`: one YAML document per run (its future config.yaml + estimated_minutes), then
-    the total: the sum of the runs' minutes and the wall time with n_lanes trainings at once."""
+    the total: the sum of the runs' minutes and the wall time with n_lanes trainings at once, and the machine
+    speed the estimates were scaled by."""
     import yaml
 
     from cifarlab.lanes import wall_seconds
@@ -185,4 +193,6 @@ def plan_yaml(jobs: list[Job], seconds: list[float], profile: str, n_lanes: int)
     wall = wall_seconds([j.cfg for j in jobs], seconds, n_lanes)
     total = {"profile": ALIASES.get(profile, profile), "runs": len(jobs), "jobs": n_lanes,
              "estimated_minutes": round(wall / 60, 1), "estimated_run_minutes": round(sum(seconds) / 60, 1)}
+    if speed:
+        total["machine_speed"] = {k: round(v, 2) for k, v in speed.items()}
     return "---\n".join(docs + [yaml.safe_dump(total, sort_keys=False)])

@@ -40,9 +40,11 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     n_lanes = jobs or default_jobs()
     out = Path(out)
     plan_jobs = plan(out, profile, seeds, weights, overrides)
-    seconds = estimate_plan(plan_jobs, prof.robustness_limit, threads=max(1, (os.cpu_count() or 1) // n_lanes))
+    threads = max(1, (os.cpu_count() or 1) // n_lanes)
     if dry_run:
-        print(plan_yaml(plan_jobs, seconds, profile, n_lanes))
+        speed = _machine_speed(say)
+        print(plan_yaml(plan_jobs, estimate_plan(plan_jobs, prof.robustness_limit, threads, speed), profile, n_lanes,
+                        speed))
         return None
     if storage:  # the storage and the optional extra are checked before the data
         from cifarlab.sweep import open_storage
@@ -57,6 +59,7 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
             return None
     todo = [i for i, j in enumerate(plan_jobs) if not RunDir(j.run_dir).is_finished()]
     lanes = min(n_lanes, len(todo)) or 1
+    seconds = estimate_plan(plan_jobs, prof.robustness_limit, threads, _machine_speed(say) if todo else None)
     eta = _wall_seconds(plan_jobs, seconds, todo, lanes)
     say(f"{prof.name} profile: {len(plan_jobs)} runs ({len(plan_jobs) - len(todo)} finished), {lanes} at a time; "
         f"ETA {fmt_time(eta)} with evaluation, robustness and figures (--dry-run prints the plan)")
@@ -75,6 +78,19 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     index = report_stage(run_dirs, cifar, tests, testset, out, prof, say)
     say(f"report: {index} (total {fmt_time(time.perf_counter() - t_start)}, estimated {fmt_time(eta)})")
     return index
+
+
+def _machine_speed(say: Callable[[str], None]) -> dict[str, float] | None:
+    """On a CPU, how this one compares with the cost model's (a few seconds of probing); None on a GPU,
+    where the CPU-fitted estimates do not apply."""
+    if _cuda():
+        return None
+    from cifarlab.train.speed import machine_speed
+
+    speed = machine_speed()
+    say(f"this CPU: IMP training at {speed['train']:.2f}x, the MobileNet at {speed['mobilenet']:.2f}x the speed of "
+        "the machine the ETA's cost model was measured on")
+    return speed
 
 
 def _cuda() -> bool:

@@ -1,0 +1,81 @@
+"""How fast this machine runs the study's two kinds of work, against the machine the cost model was
+fitted on: a few seconds of IMP training steps (with the study's augmentation) and of frozen MobileNet
+v1 forwards at 128 px, each in one process on two threads, as `benchmarks/lanes_speed.py` measured the
+reference. `reproduce` scales its ETA by these ratios, so a slower or faster CPU gets an honest one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import torch
+
+from cifarlab.config import resolve_config
+from cifarlab.data.augment import augment_batch, augment_config
+from cifarlab.errors import UserError
+from cifarlab.models import build_model
+
+# kind of work -> (its workload, img/s of one process on 2 threads on the cost model's machine:
+# benchmarks/RESULTS.md, "Two runs at a time", commit 505463c, quiet)
+REFERENCE = {"train": ("imp", 892.0), "mobilenet": ("mobilenet", 193.0)}
+ENV = "CIFARLAB_MACHINE_SPEED"  # a number: use it for every ratio and skip the probe (tests, known machines)
+
+
+def workload(name: str) -> tuple[Callable[[], None], int]:
+    """One step of `name` on synthetic images, and its images per step: 'imp' or 'base' (a training step
+    with the preset's augmentation), 'mobilenet' (the frozen backbone's forward, batch 64)."""
+    g = torch.Generator().manual_seed(0)
+    if name == "mobilenet":
+        model = build_model(resolve_config("mnet1", ["weights=null"]), torch.device("cpu"))
+        x = torch.rand(64, 3, 32, 32, generator=g)
+        return (lambda: model.embed(x)), 64
+    cfg = resolve_config("imp2" if name == "imp" else name)
+    model = build_model(cfg, torch.device("cpu"))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x, y = torch.rand(cfg.batch_size, 3, 32, 32, generator=g), torch.randint(0, 10, (cfg.batch_size,), generator=g)
+    aug = augment_config(cfg)
+
+    def step() -> None:
+        xb = augment_batch(x, aug, g) if aug.enabled else x
+        if cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        loss = torch.nn.functional.cross_entropy(model(xb), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step, cfg.batch_size
+
+
+def images_per_second(name: str, seconds: float, threads: int = 2, warmup: int = 2) -> float:
+    """Workload `name`'s img/s on `threads` threads, timed for about `seconds` after `warmup` steps."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        step, batch = workload(name)
+        for _ in range(warmup):
+            step()
+        n, t0 = 0, time.perf_counter()
+        while n == 0 or time.perf_counter() - t0 < seconds:
+            step()
+            n += batch
+        return n / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def machine_speed(seconds: float = 2.0) -> dict[str, float]:
+    """This machine's speed over the reference's per kind of work (0.5 = takes twice as long); all 1.0
+    where `CIFARLAB_MACHINE_SPEED` gives none (or a number to use instead)."""
+    fixed = os.environ.get(ENV)
+    if fixed is not None:
+        try:
+            value = float(fixed)
+        except ValueError:
+            value = 0.0
+        if not value > 0:
+            raise UserError(f"{ENV} must be a positive number, got '{fixed}'")
+        return dict.fromkeys(REFERENCE, value)
+    threads = min(2, os.cpu_count() or 1)
+    return {kind: images_per_second(name, seconds, threads) / ref for kind, (name, ref) in REFERENCE.items()}

@@ -1,0 +1,41 @@
+"""The machine-speed probe behind reproduce's ETA, and how it scales the cost model."""
+
+import pytest
+
+from cifarlab.errors import UserError
+from cifarlab.profiles import estimate_plan, plan
+from cifarlab.train import speed
+
+
+def test_probe_times_both_kinds_of_work_against_the_reference(monkeypatch):
+    monkeypatch.delenv(speed.ENV)
+    calls = []
+    real = speed.images_per_second
+    monkeypatch.setattr(speed, "images_per_second", lambda name, s, t: calls.append(name) or real(name, 0.1, t))
+    ratios = speed.machine_speed()
+    assert sorted(calls) == ["imp", "mobilenet"] and set(ratios) == {"train", "mobilenet"}
+    # a real measurement: positive, and within reach of the reference (no machine here is 20x off it)
+    assert all(0.05 < r < 20 for r in ratios.values()), ratios
+
+
+def test_a_fixed_speed_skips_the_probe_and_a_bad_one_is_one_line(monkeypatch):
+    monkeypatch.setattr(speed, "images_per_second", lambda *a: pytest.fail("probed although the speed was given"))
+    monkeypatch.setenv(speed.ENV, "0.5")
+    assert speed.machine_speed() == {"train": 0.5, "mobilenet": 0.5}
+    for bad in ("fast", "0", "-1", "nan"):
+        monkeypatch.setenv(speed.ENV, bad)
+        with pytest.raises(UserError, match=f"{speed.ENV} must be a positive number, got '{bad}'"):
+            speed.machine_speed()
+
+
+def test_estimates_scale_by_the_kind_of_work(tmp_path):
+    jobs = plan(tmp_path, "laptop", 1, None)
+    ref = estimate_plan(jobs, 500)
+    slow_train = estimate_plan(jobs, 500, speed={"train": 0.5, "mobilenet": 1.0})
+    slow_both = estimate_plan(jobs, 500, speed={"train": 0.5, "mobilenet": 0.5})
+    for job, r, t, b in zip(jobs, ref, slow_train, slow_both):
+        assert b == pytest.approx(2 * r)  # everything twice as slow: twice the time
+        if job.row in ("base", "imp1", "imp2"):
+            assert t == pytest.approx(2 * r)
+        else:  # a MobileNet's time is part backbone (the MobileNet's speed), part tail (training steps)
+            assert r < t < 2 * r
