@@ -185,11 +185,13 @@ def _worker_main(spec_json: str) -> int:
     import torch
 
     from cifarlab.data import load_cifar10
+    from cifarlab.device import keep_freed_memory
     from cifarlab.loggers import loggers_for
     from cifarlab.train import fit
 
     spec = json.loads(spec_json)
     torch.set_num_threads(int(os.environ.get("CIFARLAB_THREADS", "1")))
+    keep_freed_memory()
     path = Path(spec["run_dir"])
     try:
         cfg = load_config(path / "config.yaml")
