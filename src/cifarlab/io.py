@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import http.client
 import io
@@ -41,10 +42,10 @@ _PART = re.compile(r"\..+\.(?P<pid>\d+)\.part")  # .NAME.PID.part, as atomic_wri
 
 
 def sweep_stale_parts(folder: Path, min_age: float = STALE_PART_AGE) -> list[Path]:
-    """Remove the half-written `.NAME.PID.part` files in folder of writers that died (kill -9, power cut):
-    only a file whose PID is no live process here and that was last written min_age seconds ago or
-    earlier, never a live writer's. Best effort (a read-only folder, a race with another sweeper): returns
-    what it removed."""
+    """Remove the half-written `.NAME.PID.part` files (or folders, atomic_write_folder's) in folder of
+    writers that died (kill -9, power cut): only one whose PID is no live process here and that was last
+    written min_age seconds ago or earlier, never a live writer's. Best effort (a read-only folder, a race
+    with another sweeper): returns what it removed."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -58,7 +59,10 @@ def sweep_stale_parts(folder: Path, min_age: float = STALE_PART_AGE) -> list[Pat
         try:
             if now - e.stat(follow_symlinks=False).st_mtime < min_age:
                 continue
-            os.unlink(e.path)
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
         except OSError:
             continue
         removed.append(Path(e.path))
@@ -98,6 +102,8 @@ def atomic_write_folder(path: Path, files: dict[str, bytes]) -> None:
     (.NAME.PID.part), fsynced, and the folder renamed into place; an old path/ is moved aside first and
     removed after. A crash leaves the old folder or the new one (at worst beside a hidden leftover)."""
     path = Path(path)
+    _restore_stale_old(path)
+    sweep_stale_parts(path.parent)  # an earlier writer's half-made folder
     tmp, old = (path.with_name(f".{path.name}.{os.getpid()}.{s}") for s in ("part", "old"))
     try:
         tmp.mkdir()
@@ -117,6 +123,21 @@ def atomic_write_folder(path: Path, files: dict[str, bytes]) -> None:
         raise
     shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(path.parent)
+
+
+def _restore_stale_old(path: Path) -> None:
+    """A writer killed between its two renames left path/ only as `.NAME.PID.old`: put it back (a dead
+    writer's, old enough, by sweep_stale_parts' rule); one left beside a present path/ is swept."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.old"):
+        pid = old.name[len(path.name) + 2:-len(".old")]
+        try:
+            stale = pid.isdigit() and not _pid_alive(int(pid)) and time.time() - old.stat().st_mtime >= STALE_PART_AGE
+            if stale and not path.exists():
+                os.replace(old, path)
+            elif stale:
+                shutil.rmtree(old)
+        except OSError:
+            continue
 
 
 def write_text(path: Path, text: str) -> None:

@@ -126,9 +126,33 @@ def test_sweep_rule(tmp_path):
     for name in names.values():
         (tmp_path / name).write_bytes(b"x")
         os.utime(tmp_path / name, (old, old))
-    assert sweep_stale_parts(tmp_path) == [tmp_path / names["dead"]]
+    dead_dir = tmp_path / f".export.{dead_pid()}.part"  # atomic_write_folder's half-made folder
+    (dead_dir / "sub").mkdir(parents=True)
+    (dead_dir / "sub" / "model.safetensors").write_bytes(b"half")
+    os.utime(dead_dir, (old, old))
+    assert sorted(sweep_stale_parts(tmp_path)) == sorted([tmp_path / names["dead"], dead_dir])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in names.items() if k != "dead")
     assert sweep_stale_parts(tmp_path / "missing") == []
+
+
+def test_a_folder_write_killed_midway_is_repaired_by_the_next(tmp_path):
+    from cifarlab.io import atomic_write_folder
+
+    old = time.time() - 2 * STALE_PART_AGE
+    out = tmp_path / "export"
+    atomic_write_folder(out, {"a": b"1"})
+    # killed -9 between its two renames: the previous export exists only as .export.PID.old, and a
+    # half-made .part folder lies beside it
+    pid = dead_pid()
+    os.replace(out, tmp_path / f".export.{pid}.old")
+    (tmp_path / f".export.{pid}.part").mkdir()
+    for leftover in tmp_path.iterdir():
+        os.utime(leftover, (old, old))
+    with pytest.raises(TypeError):  # the next write fails too (a file it cannot write): the old export is back
+        atomic_write_folder(out, {"a": b"2", "b": None})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"] and (out / "a").read_bytes() == b"1"
+    atomic_write_folder(out, {"a": b"2"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"] and (out / "a").read_bytes() == b"2"
 
 
 def test_a_run_directory_sweeps_dead_writers_parts_at_once(tmp_path):
