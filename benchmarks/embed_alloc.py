@@ -1,5 +1,5 @@
 """The frozen MobileNet pass (what the view cache runs, 128 px, one thread as in a laptop lane) with glibc's
-default allocator settings and with `device.keep_freed_memory()`, at several chunk sizes: img/s, minor
+default allocator settings and with `memory.keep_freed_memory()`, at several chunk sizes: img/s, minor
 page faults per image and the share of the time spent in the kernel. Each setting runs in its own process
 (the allocator setting is process-wide).
 
@@ -25,7 +25,7 @@ def measure(images: int, chunk: int, threads: int, keep: bool) -> dict[str, floa
     import torch
 
     from cifarlab.config import resolve_config
-    from cifarlab.device import keep_freed_memory
+    from cifarlab.memory import keep_freed_memory
     from cifarlab.models import build_model
 
     torch.set_num_threads(threads)

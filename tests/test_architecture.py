@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lowest first. A module may import from its own layer and the layers before it, never from a later one.
 # (A name matches a module and everything under it; the longest match wins.)
 LAYERS = [
-    ["cifarlab", "cifarlab.errors", "cifarlab.io", "cifarlab.pictures"],  # root (CLASSES, __version__), helpers
+    ["cifarlab", "cifarlab.errors", "cifarlab.io", "cifarlab.memory", "cifarlab.pictures"],  # root (CLASSES, __version__), helpers
     ["cifarlab.config", "cifarlab.presets", "cifarlab.device"],
     ["cifarlab.data"],
     ["cifarlab.models"],

@@ -106,3 +106,19 @@ def test_eta_counts_time_in_a_run_before_its_first_epoch(tmp_path):
     # r0 (say a MobileNet embedding its views) started at 0 s and has no epoch after 60 of its 100 s
     assert eta_seconds([[0, 1]], runs, [100, 100], set(), 60.0, {0: 0.0}) == 140.0
     assert eta_seconds([[0, 1]], runs, [100, 100], set(), 300.0, {0: 0.0}) == pytest.approx(110 * 300 / 90)  # capped at 90 %
+    # once it has epochs, they tell its pace: half of r0 in 100 s is twice its estimate, 150 s of work left
+    (tmp_path / "r0").mkdir()
+    (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")
+    assert eta_seconds([[0, 1]], runs, [100, 100], set(), 100.0, {0: 0.0}) == 300.0
+
+
+def test_eta_of_a_resumed_run_counts_only_this_sessions_epochs(tmp_path):
+    from cifarlab.lanes import eta_seconds
+
+    runs = [(tmp_path / "r0", resolve_config("imp1", ["epochs=4"]))]
+    (tmp_path / "r0").mkdir()
+    (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")  # kept from a killed session
+    # 10 s after resuming, no new epoch: 50 of its 100 s were left, 10 of them spent; the old epochs are no pace
+    assert eta_seconds([[0]], runs, [100], set(), 10.0, {0: 0.0}, {0: 2}) == pytest.approx(40.0)
+    (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n3,0.7\n")
+    assert eta_seconds([[0]], runs, [100], set(), 50.0, {0: 0.0}, {0: 2}) == pytest.approx(50.0)  # 25 s of work in 50

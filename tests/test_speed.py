@@ -11,7 +11,7 @@ from cifarlab.train import speed
 
 
 def test_probe_times_both_kinds_of_work_against_the_reference(monkeypatch):
-    monkeypatch.delenv(speed.ENV)
+    monkeypatch.delenv(speed.ENV, raising=False)
     calls = []
     real = speed.images_per_second
     monkeypatch.setattr(speed, "images_per_second", lambda name, s, t: calls.append(name) or real(name, 0.1, t))
@@ -25,7 +25,7 @@ def test_a_fixed_speed_skips_the_probe_and_a_bad_one_is_one_line(monkeypatch):
     monkeypatch.setattr(speed, "images_per_second", lambda *a: pytest.fail("probed although the speed was given"))
     monkeypatch.setenv(speed.ENV, "0.5")
     assert speed.machine_speed() == {"train": 0.5, "mobilenet": 0.5}
-    for bad in ("fast", "0", "-1", "nan"):
+    for bad in ("fast", "0", "-1", "nan", "inf"):
         monkeypatch.setenv(speed.ENV, bad)
         with pytest.raises(UserError, match=f"{speed.ENV} must be a positive number, got '{bad}'"):
             speed.machine_speed()
@@ -48,7 +48,7 @@ def test_estimates_scale_by_the_kind_of_work(tmp_path):
 FAULTS = """
 import resource, sys, torch
 from cifarlab.config import resolve_config
-from cifarlab.device import keep_freed_memory
+from cifarlab.memory import keep_freed_memory
 from cifarlab.models import build_model
 torch.set_num_threads(1)
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
@@ -71,6 +71,7 @@ def test_kept_freed_memory_spares_the_frozen_pass_its_page_faults():
         return subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
     default, keep = faults("default"), faults("keep")
-    assert keep[0] == "True"  # glibc took the settings
+    if keep[0] != "True":
+        pytest.skip("not glibc (macOS, musl): its allocator keeps its own defaults")
     # by default glibc hands large freed blocks back to the OS and every batch faults them in again
     assert float(keep[1]) < float(default[1]) / 3, (default, keep)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cifarlab.errors import UserError
+from cifarlab.memory import keep_freed_memory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -715,8 +716,6 @@ def cmd_app(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        from cifarlab.device import keep_freed_memory
-
         keep_freed_memory()  # batches reuse freed memory instead of faulting fresh pages in (benchmarks/embed_alloc.py)
         return COMMANDS[args.command].run(args)
     except UserError as e:

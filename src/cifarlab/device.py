@@ -4,7 +4,6 @@ uint8-to-float input cast, the process's place under torchrun, and which machine
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import platform
 from pathlib import Path
@@ -68,17 +67,3 @@ def dist_info() -> tuple[int, int]:
     """(rank, world size) under torchrun, else (0, 1)."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed blocks up to 32 MB (its limit) for reuse instead of returning them to the
-    OS: by default each batch's large activations are fresh mmaps whose pages fault in again, which
-    took ~40 % of a frozen MobileNet pass in kernel time on this project's CPU (benchmarks/embed_alloc.py).
-    Process-wide; False where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):
-        return False

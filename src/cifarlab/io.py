@@ -100,11 +100,13 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_write_folder(path: Path, files: dict[str, bytes]) -> None:
     """path/ holds exactly `files`, or stays as it was: they are written into a hidden sibling folder
     (.NAME.PID.part), fsynced, and the folder renamed into place; an old path/ is moved aside first and
-    removed after. A crash leaves the old folder or the new one (at worst beside a hidden leftover)."""
+    removed after. A crash leaves the old folder or the new one beside a hidden leftover, or (killed between
+    the two renames) the old one as `.NAME.PID.old`, which the next write to path puts back first."""
     path = Path(path)
     _restore_stale_old(path)
     sweep_stale_parts(path.parent)  # an earlier writer's half-made folder
     tmp, old = (path.with_name(f".{path.name}.{os.getpid()}.{s}") for s in ("part", "old"))
+    shutil.rmtree(tmp, ignore_errors=True)  # an earlier process's with our PID (containers reuse them)
     try:
         tmp.mkdir()
         for name, data in files.items():
@@ -126,18 +128,23 @@ def atomic_write_folder(path: Path, files: dict[str, bytes]) -> None:
 
 
 def _restore_stale_old(path: Path) -> None:
-    """A writer killed between its two renames left path/ only as `.NAME.PID.old`: put it back (a dead
-    writer's, old enough, by sweep_stale_parts' rule); one left beside a present path/ is swept."""
-    for old in path.parent.glob(f".{glob.escape(path.name)}.*.old"):
+    """A writer killed between its two renames left path/ only as `.NAME.PID.old`: put the newest such
+    folder of a dead writer (or of an earlier process with our PID, as containers reuse them) back; the
+    rest, and any beside a present path/, are removed. Their mtimes are the old export's, not the crash's,
+    so no age rule here."""
+    def dead(old: Path) -> bool:
         pid = old.name[len(path.name) + 2:-len(".old")]
-        try:
-            stale = pid.isdigit() and not _pid_alive(int(pid)) and time.time() - old.stat().st_mtime >= STALE_PART_AGE
-            if stale and not path.exists():
-                os.replace(old, path)
-            elif stale:
-                shutil.rmtree(old)
-        except OSError:
-            continue
+        return pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid)))
+
+    try:
+        olds = sorted((o for o in path.parent.glob(f".{glob.escape(path.name)}.*.old") if dead(o)),
+                      key=lambda o: o.stat().st_mtime)
+        if olds and not path.exists():
+            os.replace(olds.pop(), path)
+        for old in olds:
+            shutil.rmtree(old)
+    except OSError:
+        pass
 
 
 def write_text(path: Path, text: str) -> None:

@@ -81,20 +81,24 @@ def progress_line(run_dir: Path, epochs: int) -> str:
 
 
 def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], costs: Sequence[float],
-                done: set[int], elapsed: float, started: dict[int, float] | None = None) -> float:
+                done: set[int], elapsed: float, started: dict[int, float] | None = None,
+                before: dict[int, int] | None = None) -> float:
     """Time left: each lane's estimated work still to do, scaled by that lane's pace so far (elapsed time
-    over the estimated work it has done); the slowest lane's. A run's done share is its finished epochs,
-    or for a run that started `started[i]` seconds in, the time it has had (capped at 90 %) if that is
-    more: a MobileNet spends most of its estimate embedding, before its first epoch."""
-    started = started or {}
+    over the estimated work it did since t0); the slowest lane's. A run's done share is its finished
+    epochs; until its first new epoch, for a run that started `started[i]` seconds in, the time it has had
+    (capped at 90 %) if that is more: a MobileNet spends most of its estimate embedding, before its first
+    epoch. `before[i]`: the epochs run i had at t0 (a resumed run's earlier epochs are no pace)."""
+    started, before = started or {}, before or {}
     left = []
     for lane in lanes:
         rest = did = 0.0
         for i in lane:
-            frac = 1.0 if i in done else len(_history(runs[i][0])) / runs[i][1].epochs
-            if i not in done and i in started and costs[i] > 0:
-                frac = max(frac, min(0.9, (elapsed - started[i]) / costs[i]))
-            did += costs[i] * frac
+            epochs, had = runs[i][1].epochs, before.get(i, 0)
+            n, first = len(_history(runs[i][0])), had / runs[i][1].epochs
+            frac = 1.0 if i in done else n / epochs
+            if i not in done and i in started and n == had and costs[i] > 0:
+                frac = max(frac, first + (1 - first) * min(0.9, (elapsed - started[i]) / (costs[i] * (1 - first))))
+            did += costs[i] * (frac - first)
             rest += costs[i] * (1 - frac)
         pace = elapsed / did if did > 0.05 * sum(costs[i] for i in lane) else 1.0  # lanes run side by side
         left.append(rest * pace)
@@ -119,6 +123,7 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
     stop = threading.Event()
     done: set[int] = set()
     started: dict[int, float] = {}  # run -> seconds after t0 when it started, for the ETA
+    before = {i: len(_history(run_dir)) for i, (run_dir, _) in enumerate(runs)}  # epochs kept from earlier
     t0 = time.monotonic()
 
     def lane_worker(k: int, lane: list[int]) -> None:
@@ -161,7 +166,7 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
                         p.send_signal(signal.SIGTERM)
             if time.monotonic() - last >= every:
                 last = time.monotonic()
-                eta = eta_seconds(lanes, runs, costs, done, last - t0, started)
+                eta = eta_seconds(lanes, runs, costs, done, last - t0, started, before)
                 say("  " + " | ".join(progress_line(d, e) for d, e in list(active.values())) + f" | ETA {fmt_time(eta)}")
     except KeyboardInterrupt:  # tell each lane once; each stops at a batch boundary, keeping its epochs
         stop.set()
@@ -185,7 +190,7 @@ def _worker_main(spec_json: str) -> int:
     import torch
 
     from cifarlab.data import load_cifar10
-    from cifarlab.device import keep_freed_memory
+    from cifarlab.memory import keep_freed_memory
     from cifarlab.loggers import loggers_for
     from cifarlab.train import fit
 

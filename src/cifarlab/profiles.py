@@ -20,6 +20,7 @@ from pathlib import Path
 from cifarlab.config import Config, resolve_config
 from cifarlab.data.augment import augment_config
 from cifarlab.errors import UserError
+from cifarlab.train.speed import THREAD_GAIN
 
 ROWS = ("base", "imp1", "imp2", "mnet1", "mnet2")  # Table 2's rows, in its order
 
@@ -124,7 +125,6 @@ SEC = {
     "mnet2_tail": 1 / 1090,  # the trainable last unit + head, forward and backward
 }
 EVAL_EXTRA = {"base": 25.0, "imp": 25.0, "mobilenet": 30.0}  # photos, figures, loading, after training
-THREAD_GAIN = 1.5  # speed-up of one run per doubling of its threads (measured 1.5-1.6x from 1 to 2)
 ROBUSTNESS_SETTINGS = 36  # corruption x severity settings + sharpening, on `robustness_limit` images
 
 
@@ -135,7 +135,7 @@ def estimate_seconds(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0
     `speed`: this machine against the cost model's (train.speed.machine_speed); None = the same."""
     speed = speed or {}
     sec = {k: v / speed.get("mobilenet" if k.startswith("mobilenet") else "train", 1.0) for k, v in SEC.items()}
-    extra = {k: v / speed.get("train", 1.0) for k, v in EVAL_EXTRA.items()}
+    extra = {k: v / speed.get("mobilenet" if k == "mobilenet" else "train", 1.0) for k, v in EVAL_EXTRA.items()}
     n = cfg.train_subset or 50_000
     if cfg.model.startswith("mobilenet"):
         kind = "mnet1" if cfg.trainable == "head" else "mnet2"
