@@ -10,15 +10,16 @@ from cifarlab.profiles import estimate_plan, plan
 from cifarlab.train import speed
 
 
-def test_probe_times_both_kinds_of_work_against_the_reference(monkeypatch):
+def test_probe_times_both_kinds_of_work_side_by_side(monkeypatch):
     monkeypatch.delenv(speed.ENV, raising=False)
     calls = []
-    real = speed.images_per_second
-    monkeypatch.setattr(speed, "images_per_second", lambda name, s, t: calls.append(name) or real(name, 0.1, t))
-    ratios = speed.machine_speed()
-    assert sorted(calls) == ["imp", "mobilenet"] and set(ratios) == {"train", "mobilenet"}
-    # a real measurement: positive, and within reach of the reference (no machine here is 20x off it)
+    real = speed.side_by_side
+    monkeypatch.setattr(speed, "side_by_side", lambda name, s, t, n: calls.append((name, n)) or real(name, 0.2, t, n))
+    ratios = speed.machine_speed(lanes=2)
+    assert sorted(calls) == [("imp", 2), ("mobilenet", 2)] and set(ratios) == {"train", "mobilenet"}
+    # a real measurement in two processes at once: positive, and within reach of the reference
     assert all(0.05 < r < 20 for r in ratios.values()), ratios
+    assert len(real("imp", 0.2, 1, 1)) == 1  # one lane: measured here, no process started
 
 
 def test_a_fixed_speed_skips_the_probe_and_a_bad_one_is_one_line(monkeypatch):

@@ -44,7 +44,7 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     threads = max(1, (os.cpu_count() or 1) // n_lanes)
     fixed_speed()  # a bad CIFARLAB_MACHINE_SPEED fails now, not after the data has loaded
     if dry_run:
-        speed = _machine_speed(plan_jobs, say)
+        speed = _machine_speed(plan_jobs, n_lanes, say)
         print(plan_yaml(plan_jobs, estimate_plan(plan_jobs, prof.robustness_limit, threads, speed), profile, n_lanes,
                         speed))
         return None
@@ -61,7 +61,8 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
             return None
     todo = [i for i, j in enumerate(plan_jobs) if not RunDir(j.run_dir).is_finished()]
     lanes = min(n_lanes, len(todo)) or 1
-    seconds = estimate_plan(plan_jobs, prof.robustness_limit, threads, _machine_speed(plan_jobs, say) if todo else None)
+    speed = _machine_speed(plan_jobs, lanes, say) if todo else None
+    seconds = estimate_plan(plan_jobs, prof.robustness_limit, max(1, (os.cpu_count() or 1) // lanes), speed)
     eta = _wall_seconds(plan_jobs, seconds, todo, lanes)
     say(f"{prof.name} profile: {len(plan_jobs)} runs ({len(plan_jobs) - len(todo)} finished), {lanes} at a time; "
         f"ETA {fmt_time(eta)} with evaluation, robustness and figures (--dry-run prints the plan)")
@@ -82,16 +83,16 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     return index
 
 
-def _machine_speed(jobs: list[Job], say: Callable[[str], None]) -> dict[str, float] | None:
+def _machine_speed(jobs: list[Job], lanes: int, say: Callable[[str], None]) -> dict[str, float] | None:
     """Where the runs train on the CPU, how this one compares with the cost model's (a few seconds of
     probing); None on a GPU (CUDA, MPS), where the CPU-fitted estimates do not apply."""
     from cifarlab.device import select_device
 
     if any(select_device(j.cfg.device).type != "cpu" for j in jobs):
         return None
-    speed = machine_speed()
-    say(f"this CPU: IMP training at {speed['train']:.2f}x, the MobileNet at {speed['mobilenet']:.2f}x the speed of "
-        "the machine the ETA's cost model was measured on")
+    speed = machine_speed(lanes)
+    say(f"this CPU, {lanes} run(s) at a time: IMP training at {speed['train']:.2f}x, the MobileNet at "
+        f"{speed['mobilenet']:.2f}x the speed of the machine the ETA's cost model was measured on")
     return speed
 
 

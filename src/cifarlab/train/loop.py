@@ -40,7 +40,7 @@ from cifarlab.train.recipe import LOOKAHEAD_EVERY, Lookahead, loss_fn, lr_at_ste
 
 # The frozen MobileNet forward runs fastest at small batches on CPU (cache-resident activations):
 # 199 img/s at 32, 181 at 64, 152 at 256 (benchmarks/mnet_throughput.py, RESULTS.md).
-EMBED_BATCH = 64
+EMBED_BATCH = 16  # the frozen MobileNet pass: 1.9x the img/s of batch 64 with freed memory kept (embed_alloc.py)
 NAN_CHECK_EVERY = 50  # batches between NaN checks of the running loss (one host sync each)
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 

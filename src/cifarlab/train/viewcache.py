@@ -45,7 +45,7 @@ except ImportError:  # Windows: no flock; concurrent builders are then not exclu
     fcntl = None
 
 VERSION = 1
-CHUNK = 64  # images per frozen forward (the MobileNet's fastest CPU batch, see loop.EMBED_BATCH)
+CHUNK = 16  # images per frozen forward: with keep_freed_memory the fastest on CPU (benchmarks/embed_alloc.py)
 
 
 @dataclass
