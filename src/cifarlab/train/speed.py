@@ -57,14 +57,18 @@ def workload(name: str) -> tuple[Callable[[], None], int]:
     return step, cfg.batch_size
 
 
-def images_per_second(name: str, seconds: float, threads: int = 2, warmup: int = 2) -> float:
-    """Workload `name`'s img/s on `threads` threads, timed for about `seconds` after `warmup` steps."""
+def images_per_second(name: str, seconds: float, threads: int = 2, warmup: int = 2,
+                      start_at: float | None = None) -> float:
+    """Workload `name`'s img/s on `threads` threads, timed for about `seconds` after `warmup` steps (and,
+    given `start_at`, a time.time(), not before then: processes measuring side by side start together)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         step, batch = workload(name)
         for _ in range(warmup):
             step()
+        if start_at is not None:
+            time.sleep(max(0.0, start_at - time.time()))
         n, t0 = 0, time.perf_counter()
         while n == 0 or time.perf_counter() - t0 < seconds:
             step()
@@ -121,18 +125,9 @@ def side_by_side(name: str, seconds: float, threads: int, lanes: int) -> list[fl
 
 
 def _probe_main(spec: str) -> None:
-    """One lane of side_by_side: warm up, wait for the common start, print img/s."""
+    """One lane of side_by_side: print its img/s."""
     name, seconds, threads, start = json.loads(spec)
-    torch.set_num_threads(threads)
-    step, batch = workload(name)
-    for _ in range(2):
-        step()
-    time.sleep(max(0.0, start - time.time()))
-    n, t0 = 0, time.perf_counter()
-    while n == 0 or time.perf_counter() - t0 < seconds:
-        step()
-        n += batch
-    print(n / (time.perf_counter() - t0))
+    print(images_per_second(name, seconds, threads, start_at=start))
 
 
 if __name__ == "__main__":
