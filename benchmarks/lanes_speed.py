@@ -15,25 +15,16 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 
 WORKLOADS = ("imp", "base", "mobilenet_embed")
 
 
-def worker(workload: str, threads: int, seconds: float) -> float:
-    """Images per second of `workload` on `threads` threads, measured for about `seconds` after a warm-up
-    (the same steps as reproduce's machine-speed probe, cifarlab.train.speed)."""
-    from cifarlab.train.speed import images_per_second
-
-    return images_per_second({"mobilenet_embed": "mobilenet"}.get(workload, workload), seconds, threads, warmup=3)
-
-
 def run(workload: str, procs: int, threads: int, seconds: float) -> list[float]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, __file__, "--worker", workload, "--threads", str(threads), "--seconds", str(seconds)]
-    ps = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(procs)]
-    return [float(p.communicate()[0].strip()) for p in ps]
+    """img/s of each of `procs` processes of `threads` threads measuring at once (reproduce's probe does the same)."""
+    from cifarlab.train.speed import side_by_side
+
+    return side_by_side({"mobilenet_embed": "mobilenet"}.get(workload, workload), seconds, threads, procs)
 
 
 def main() -> None:
@@ -41,13 +32,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--lanes", type=int, default=2)
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
-    ap.add_argument("--worker", choices=WORKLOADS, help=argparse.SUPPRESS)
-    ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", default="benchmarks/results/lanes_speed.json")
     args = ap.parse_args()
-    if args.worker:
-        print(worker(args.worker, args.threads, args.seconds))
-        return
     cores = os.cpu_count() or 1
     load = os.getloadavg()
     print(f"{cores} cores, load before {load[0]:.2f}; {args.seconds:.0f} s per measurement\n")
