@@ -19,7 +19,25 @@ def test_probe_times_both_kinds_of_work_side_by_side(monkeypatch):
     assert sorted(calls) == [("imp", 2), ("mobilenet", 2)] and set(ratios) == {"train", "mobilenet"}
     # a real measurement in two processes at once: positive, and within reach of the reference
     assert all(0.05 < r < 20 for r in ratios.values()), ratios
-    assert len(real("imp", 0.2, 1, 1)) == 1  # one lane: measured here, no process started
+    assert len(real("imp", 0.2, 1, 1)) == 1  # one lane: one fresh process, as the reference was measured
+
+
+def test_a_probe_process_that_fails_or_prints_garbage_is_one_line(monkeypatch):
+    import subprocess
+    import sys
+
+    real_popen = subprocess.Popen
+
+    def fake(code):
+        return lambda cmd, **kw: real_popen([sys.executable, "-c", code], **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", fake("import sys; print('ready', flush=True); sys.stdin.readline(); "
+                                                  "print('Warning: something'); print('not a number')"))
+    with pytest.raises(UserError, match="the machine-speed probe failed: not a number"):
+        speed.side_by_side("imp", 0.1, 1, 2)
+    monkeypatch.setattr(subprocess, "Popen", fake("import sys; sys.exit('no torch here')"))  # dies before ready
+    with pytest.raises(UserError, match="the machine-speed probe failed: no torch here"):
+        speed.side_by_side("imp", 0.1, 1, 2)
 
 
 def test_a_fixed_speed_skips_the_probe_and_a_bad_one_is_one_line(monkeypatch):
@@ -51,16 +69,17 @@ import resource, sys, torch
 from cifarlab.config import resolve_config
 from cifarlab.memory import keep_freed_memory
 from cifarlab.models import build_model
+from cifarlab.train.viewcache import CHUNK
 torch.set_num_threads(1)
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 model = build_model(resolve_config("mnet1", ["weights=null"]), torch.device("cpu")).eval()
-x = torch.rand(32, 3, 32, 32)
+x = torch.rand(CHUNK, 3, 32, 32)
 for _ in range(2):  # warm-up: the first batches fault their pages in either way
     model.embed_shared(x)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):  # the view cache's frozen pass: batches of 32 at 128 px
+for _ in range(8):  # the view cache's frozen pass: its batches at 128 px
     model.embed_shared(x)
-print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 256)
+print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (8 * CHUNK))
 """
 
 
@@ -75,4 +94,6 @@ def test_kept_freed_memory_spares_the_frozen_pass_its_page_faults():
     if keep[0] != "True":
         pytest.skip("not glibc (macOS, musl): its allocator keeps its own defaults")
     # by default glibc hands large freed blocks back to the OS and every batch faults them in again
-    assert float(keep[1]) < float(default[1]) / 2, (default, keep)
+    # (measured at 16 a batch: 0 against 817-1096 per image; at 32, 256 against 1158-1445, and once, under
+    # load, glibc's own moving threshold brought the default under twice that)
+    assert float(keep[1]) < float(default[1]) / 4, (default, keep)

@@ -1,11 +1,13 @@
 """How fast this machine runs the study's two kinds of work, against the machine the cost model was
-fitted on: a few seconds of IMP training steps (with the study's augmentation) and of frozen MobileNet
+fitted on: seconds of IMP training steps (with the study's augmentation) and of frozen MobileNet
 v1 forwards at 128 px (batch 64), run as reproduce will train, one process per lane side by side, as
 `benchmarks/lanes_speed.py` measured the reference. Side by side, not alone: lanes share the memory
 bus, and how much that costs differs between machines (2026-12-02, a slower host of the same kind: IMP
 alone at 0.73x the reference, two at once 0.61x each, which is what its laptop run's epochs took).
 `reproduce` scales its ETA by these ratios. The reference was timed for 40 s after 3 warm-up steps, the
-probe for 2 s after 2: a few percent of noise, well inside the ETA's ±20 %.
+probe for 2 s after 2: a few percent of noise, well inside the ETA's ±20 %. The probe's processes start
+fresh (torch's import and the warm-up are most of its 15-25 s) with the default allocator and batch 64,
+as the reference was measured: a ratio of like to like, not a timing of the runs' own passes.
 """
 
 from __future__ import annotations
@@ -58,17 +60,17 @@ def workload(name: str) -> tuple[Callable[[], None], int]:
 
 
 def images_per_second(name: str, seconds: float, threads: int = 2, warmup: int = 2,
-                      start_at: float | None = None) -> float:
+                      ready: Callable[[], None] | None = None) -> float:
     """Workload `name`'s img/s on `threads` threads, timed for about `seconds` after `warmup` steps (and,
-    given `start_at`, a time.time(), not before then: processes measuring side by side start together)."""
+    given `ready`, after it returns: processes measuring side by side start together)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         step, batch = workload(name)
         for _ in range(warmup):
             step()
-        if start_at is not None:
-            time.sleep(max(0.0, start_at - time.time()))
+        if ready is not None:
+            ready()
         n, t0 = 0, time.perf_counter()
         while n == 0 or time.perf_counter() - t0 < seconds:
             step()
@@ -106,28 +108,53 @@ def machine_speed(lanes: int = 2, seconds: float = 2.0) -> dict[str, float]:
 
 
 def side_by_side(name: str, seconds: float, threads: int, lanes: int) -> list[float]:
-    """Workload `name`'s img/s in each of `lanes` processes of `threads` threads measuring at once (in this
-    process when there is one lane)."""
-    if lanes == 1:
-        return [images_per_second(name, seconds, threads)]
-    start = time.time() + 8.0  # after every process has imported torch and warmed up
-    cmd = [sys.executable, "-m", "cifarlab.train.speed", json.dumps([name, seconds, threads, start])]
+    """Workload `name`'s img/s in each of `lanes` fresh processes of `threads` threads measuring at once:
+    each says "ready" once warmed up, and all are told "go" together (a slow torch import cannot make
+    them measure one after another). Fresh processes for one lane too: the cost model's machine was
+    measured that way, with the default allocator."""
+    cmd = [sys.executable, "-m", "cifarlab.train.speed", json.dumps([name, seconds, threads])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(lanes)]
-    rates = []
-    for p in procs:
-        out, err = p.communicate()
-        if p.returncode != 0:
-            raise UserError(f"the machine-speed probe failed: {(err.strip().splitlines() or ['no message'])[-1]}")
-        rates.append(float(out))
-    return rates
+    procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(lanes)]
+    try:
+        for p in procs:
+            p.stdout.readline()  # "ready", or "" from a process that died (its error comes below)
+        for p in procs:
+            try:
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            except OSError:  # it died before "go": reported below
+                pass
+        return [_rate(p) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _rate(p: subprocess.Popen) -> float:
+    """The img/s a probe process printed last; a one-line error if it failed or printed something else."""
+    out, err = p.communicate()
+    lines = out.strip().splitlines()
+    try:
+        if p.returncode == 0 and lines:
+            return float(lines[-1])
+    except ValueError:
+        pass
+    why = (err.strip().splitlines() or lines or [f"exit code {p.returncode}"])[-1]
+    raise UserError(f"the machine-speed probe failed: {why}")
 
 
 def _probe_main(spec: str) -> None:
-    """One lane of side_by_side: print its img/s."""
-    name, seconds, threads, start = json.loads(spec)
-    print(images_per_second(name, seconds, threads, start_at=start))
+    """One process of side_by_side: warm up, say ready, wait for go, print its img/s."""
+    name, seconds, threads = json.loads(spec)
+
+    def ready() -> None:
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+    print(images_per_second(name, seconds, threads, ready=ready))
 
 
 if __name__ == "__main__":
