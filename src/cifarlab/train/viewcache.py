@@ -134,9 +134,9 @@ def _build(path: Path, model: TransferNet, x: torch.Tensor, aug: AugmentConfig |
         del out
         with open(part, "rb+") as f:
             os.fsync(f.fileno())
-        digest = _sha256(part)
+        # the hash first, then the rename: a kill between them leaves no finished view without its hash
+        write_text(path.with_name(path.name + ".sha256"), _sha256(part) + "\n")
         os.replace(part, path)
-        write_text(path.with_name(path.name + ".sha256"), digest + "\n")  # written last: marks the view done
     except BaseException:
         part.unlink(missing_ok=True)
         raise
