@@ -118,7 +118,51 @@ def test_eta_of_a_resumed_run_counts_only_this_sessions_epochs(tmp_path):
     runs = [(tmp_path / "r0", resolve_config("imp1", ["epochs=4"]))]
     (tmp_path / "r0").mkdir()
     (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")  # kept from a killed session
-    # 10 s after resuming, no new epoch: 50 of its 100 s were left, 10 of them spent; the old epochs are no pace
-    assert eta_seconds([[0]], runs, [100], set(), 10.0, {0: 0.0}, {0: 2}) == pytest.approx(40.0)
+    # its cost is the rest (reproduce: 50 of a 100 s run); 10 s after resuming, no new epoch: 40 s left;
+    # the old epochs are no pace
+    assert eta_seconds([[0]], runs, [50], set(), 10.0, {0: 0.0}, {0: 2}) == pytest.approx(40.0)
     (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n3,0.7\n")
-    assert eta_seconds([[0]], runs, [100], set(), 50.0, {0: 0.0}, {0: 2}) == pytest.approx(50.0)  # 25 s of work in 50
+    assert eta_seconds([[0]], runs, [50], set(), 50.0, {0: 0.0}, {0: 2}) == pytest.approx(50.0)  # 25 s of work in 50
+
+
+def test_eta_of_a_run_whose_epochs_were_all_kept_is_no_division_by_zero(tmp_path):
+    from cifarlab.lanes import eta_seconds
+
+    # killed after its last epoch's history.csv but before metrics.json said finished: resumed, all 4 kept
+    runs = [(tmp_path / "r0", resolve_config("imp1", ["epochs=4"]))]
+    (tmp_path / "r0").mkdir()
+    (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n3,0.7\n4,0.8\n")
+    # what is left is its finishing stages (100 s estimated): 60 s in, 40 s to go
+    assert eta_seconds([[0]], runs, [100], set(), 60.0, {0: 0.0}, {0: 4}) == pytest.approx(40.0)
+
+
+def test_the_parent_failing_stops_every_lane_instead_of_orphaning_it(tiny_tree, tmp_path):
+    import time
+
+    runs = [(tmp_path / f"r{i}", resolve_config("imp1", ["epochs=15", "batch_size=8", f"seed={i}"])) for i in range(2)]
+
+    def say(msg: str) -> None:  # e.g. a closed pipe on the terminal's side, once both lanes train
+        if "ETA" in msg and all((d / "history.csv").is_file() for d, _ in runs):
+            raise BrokenPipeError("stdout closed")
+
+    with pytest.raises(BrokenPipeError):
+        train_in_lanes(runs, [1, 1], str(tiny_tree), 2, say, every=0.2)
+    epochs = [len((d / "history.csv").read_text().splitlines()) - 1 for d, _ in runs]
+    time.sleep(3)  # an orphaned lane would train on
+    assert [len((d / "history.csv").read_text().splitlines()) - 1 for d, _ in runs] == epochs
+    assert all(0 < e < 15 for e in epochs) and not any(_locked(d) for d, _ in runs)
+
+
+def _locked(run_dir) -> bool:
+    """Whether a live process holds the run's lock (runctl's flock on RUN_DIR/.lock)."""
+    import fcntl
+
+    if not (run_dir / ".lock").exists():  # removed on release
+        return False
+    with open(run_dir / ".lock") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False

@@ -7,7 +7,7 @@ import yaml
 from cifarlab.config import load_preset, resolve_config
 from cifarlab.data.augment import augment_config
 from cifarlab.errors import UserError
-from cifarlab.profiles import ROWS, estimate_plan, get_profile, plan, plan_yaml, run_folder
+from cifarlab.profiles import ROWS, estimate_plan, estimate_seconds, get_profile, plan, plan_yaml, run_folder
 from cifarlab.train.runctl import check_progress
 
 ARCH_KEYS = ("model", "alpha", "input_size", "trainable", "head", "dropout", "weights")
@@ -56,6 +56,20 @@ def test_dry_run_yaml_holds_each_runs_config_and_minutes(tmp_path):
     # MNET2 reuses MNET1's views: its estimate has no embedding pass
     mnet1, mnet2 = seconds[3], seconds[4]
     assert estimate_plan(jobs[4:], 500)[0] > mnet2
+
+
+def test_a_resumed_run_is_estimated_for_what_it_has_left(tmp_path):
+    jobs = plan(tmp_path, "laptop", 1, "w.tflite")
+    full = estimate_plan(jobs, 500, resumed=True)  # no run directories yet: the same as the plan
+    assert full == estimate_plan(jobs, 500)
+    imp2, mnet1 = jobs[2], jobs[3]
+    for job, kept in ((imp2, 40), (mnet1, 1)):
+        job.run_dir.mkdir(parents=True)
+        job.run_dir.joinpath("history.csv").write_text("epoch,val_acc\n" + "".join(f"{e},0.5\n" for e in range(kept)))
+    left = estimate_plan(jobs, 500, resumed=True)
+    assert left[2] < 0.2 * full[2]  # IMP2 at 40 of 45 epochs: its last 5 and its evaluation
+    # MNET1 at epoch 1 of 6 has its views on disk: no embedding pass left, and 5 epochs
+    assert left[3] < estimate_seconds(mnet1.cfg, robustness_limit=500, views_cached=True) < full[3]
 
 
 def test_the_study_profile_costs_hours_and_the_laptop_one_about_ninety_minutes(tmp_path):

@@ -8,9 +8,11 @@ order, so the cache is built once and never waited for. Lanes are filled longest
 A lane's process is `python -m cifarlab.lanes SPEC_JSON`: it trains the run whose config.yaml the parent
 wrote (or resumes it) under the usual run control, quietly, into RUN_DIR/train.log, then (with `finish`)
 does the run's own evaluation stages (reproduce.finish_run), so a lane that is done training evaluates
-while another still trains. Ctrl-C
-reaches every lane's process (one process group): each stops at a batch boundary keeping its last
-epoch. If a run fails, the other lanes are stopped the same way and its one-line error is raised.
+while another still trains. Each
+lane's process has its own session, so a signal meant for the study (Ctrl-C, `kill -INT`/`-TERM`, a
+scheduler's stop) reaches it once, from the parent: each stops at a batch boundary keeping its last epoch.
+If a run fails, or the parent itself fails, the other lanes are stopped the same way; a run's one-line
+error is raised.
 """
 
 from __future__ import annotations
@@ -28,40 +30,9 @@ from typing import Callable, Sequence
 
 from cifarlab.config import Config, load_config, save_config
 from cifarlab.errors import UserError
+from cifarlab.profiles import assign, view_chains
 from cifarlab.train.progress import fmt_time
 from cifarlab.train.runctl import Interrupted
-
-
-def assign(chains: list[list[int]], costs: Sequence[float], n_lanes: int) -> list[list[int]]:
-    """Job indices per lane: chains (jobs that must run in order in one lane) longest first, each to the
-    lane with the least work so far."""
-    lanes: list[list[int]] = [[] for _ in range(n_lanes)]
-    load = [0.0] * n_lanes
-    for chain in sorted(chains, key=lambda c: -sum(costs[i] for i in c)):
-        k = load.index(min(load))
-        lanes[k] += chain
-        load[k] += sum(costs[i] for i in chain)
-    return [lane for lane in lanes if lane]
-
-
-def view_chains(cfgs: Sequence[Config]) -> list[list[int]]:
-    """Runs sharing a MobileNet view cache (same backbone, views, augmentation, seed, data) form one chain."""
-    chains: dict[object, list[int]] = {}
-    for i, c in enumerate(cfgs):
-        chains.setdefault(view_key(c) or i, []).append(i)
-    return list(chains.values())
-
-
-def view_key(c: Config) -> tuple | None:
-    """What decides a MobileNet view cache (train/viewcache.py's key, in config terms); None: no cache."""
-    if not (c.model.startswith("mobilenet") and c.aug_views):
-        return None
-    return c.model, c.alpha, c.weights, c.input_size, c.aug_views, str(c.augment), c.seed, c.train_subset
-
-
-def wall_seconds(cfgs: Sequence[Config], costs: Sequence[float], n_lanes: int) -> float:
-    """The longest lane's work when cfgs run n_lanes at a time (the plan's wall time)."""
-    return max(sum(costs[i] for i in lane) for lane in assign(view_chains(cfgs), costs, n_lanes))
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:
@@ -84,22 +55,22 @@ def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], cos
                 done: set[int], elapsed: float, started: dict[int, float] | None = None,
                 before: dict[int, int] | None = None) -> float:
     """Time left: each lane's estimated work still to do, scaled by that lane's pace so far (elapsed time
-    over the estimated work it did since t0); the slowest lane's. A run's done share is its finished
-    epochs; until its first new epoch, for a run that started `started[i]` seconds in, the time it has had
-    (capped at 90 %) if that is more: a MobileNet spends most of its estimate embedding, before its first
-    epoch. `before[i]`: the epochs run i had at t0 (a resumed run's earlier epochs are no pace)."""
+    over the estimated work it did since t0); the slowest lane's. `costs[i]`: run i's work from t0 on
+    (reproduce estimates a resumed run's rest); `before[i]`: the epochs it had at t0. A run's done share
+    is its new epochs over those it had left; until its first new epoch, for a run that started
+    `started[i]` seconds in, the time it has had (capped at 90 %) if that is more: a MobileNet spends most
+    of its estimate embedding, before its first epoch."""
     started, before = started or {}, before or {}
     left = []
     for lane in lanes:
         rest = did = 0.0
         for i in lane:
-            epochs, had = runs[i][1].epochs, before.get(i, 0)
-            n, first = len(_history(runs[i][0])), had / runs[i][1].epochs
-            frac = 1.0 if i in done else n / epochs
+            epochs, had, n = runs[i][1].epochs, before.get(i, 0), len(_history(runs[i][0]))
+            share = 1.0 if i in done else (n - had) / (epochs - had) if epochs > had else 0.0
             if i not in done and i in started and n == had and costs[i] > 0:
-                frac = max(frac, first + (1 - first) * min(0.9, (elapsed - started[i]) / (costs[i] * (1 - first))))
-            did += costs[i] * (frac - first)
-            rest += costs[i] * (1 - frac)
+                share = max(share, min(0.9, (elapsed - started[i]) / costs[i]))
+            did += costs[i] * share
+            rest += costs[i] * (1 - share)
         pace = elapsed / did if did > 0.05 * sum(costs[i] for i in lane) else 1.0  # lanes run side by side
         left.append(rest * pace)
     return max(left)
@@ -109,8 +80,8 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
                    say: Callable[[str], None], every: float = 60.0, finish: list[dict] | None = None) -> None:
     """Train every (run_dir, cfg) in n_lanes processes; returns when all are finished. finish[i], if given,
     holds the keyword arguments of reproduce.finish_run for run i (done in its lane after training)."""
-    threads = max(1, (os.cpu_count() or 1) // n_lanes)
     lanes = assign(view_chains([c for _, c in runs]), costs, n_lanes)
+    threads = max(1, (os.cpu_count() or 1) // len(lanes))  # chains, not runs: MNET1 -> MNET2 is one lane
     for run_dir, cfg in runs:
         if not (run_dir / "config.yaml").is_file():
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,27 +91,43 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
     active: dict[int, tuple[Path, int]] = {}  # lane -> (run_dir, epochs) now training
     failures: list[str] = []
     procs: dict[int, subprocess.Popen] = {}
-    stop = threading.Event()
+    signalled: set[int] = set()  # pids told to stop: a second signal would stop them mid-batch
+    stop, lock = threading.Event(), threading.Lock()  # lock: no lane starts a process once stop is set
     done: set[int] = set()
     started: dict[int, float] = {}  # run -> seconds after t0 when it started, for the ETA
     before = {i: len(_history(run_dir)) for i, (run_dir, _) in enumerate(runs)}  # epochs kept from earlier
     t0 = time.monotonic()
 
+    def halt(sig: int) -> None:
+        """Stop every lane at its next batch boundary (each process told once) and start no more runs."""
+        with lock:
+            stop.set()
+            for p in procs.values():
+                if p.poll() is None and p.pid not in signalled:
+                    signalled.add(p.pid)
+                    p.send_signal(sig)
+
     def lane_worker(k: int, lane: list[int]) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "CIFARLAB_THREADS": str(threads)}
         for i in lane:
-            if stop.is_set():
-                return
             run_dir, cfg = runs[i]
-            active[k] = (run_dir, cfg.epochs)
-            started[i] = time.monotonic() - t0
             spec = {"run_dir": str(run_dir), "data": data, "finish": finish[i] if finish else None}
             cmd = [sys.executable, "-m", "cifarlab.lanes", json.dumps(spec)]
-            # Its own session: a signal meant for the study (Ctrl-C, `kill -INT`/`-TERM` of this process, a
-            # scheduler's stop) reaches the lanes once, from here, however it was sent.
-            procs[k] = p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                            start_new_session=True)
-            _, err = p.communicate()
+            try:
+                with lock:
+                    if stop.is_set():
+                        return
+                    active[k] = (run_dir, cfg.epochs)
+                    started[i] = time.monotonic() - t0
+                    # Its own session: a signal meant for the study (Ctrl-C, `kill -INT`/`-TERM` of this
+                    # process, a scheduler's stop) reaches the lanes once, from here, however it was sent.
+                    procs[k] = p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                                    text=True, start_new_session=True)
+                _, err = p.communicate()
+            except Exception as e:  # noqa: BLE001 - a lane that cannot run says why instead of vanishing
+                failures.append(f"{run_dir.name}: {e}")
+                stop.set()
+                return
             if p.returncode != 0:
                 lines = [ln for ln in err.strip().splitlines() if ln.strip()]
                 failures.append(f"{run_dir.name}: {lines[-1] if lines else f'exit code {p.returncode}'}")
@@ -161,22 +148,19 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
         while any(w.is_alive() for w in workers):
             time.sleep(0.5)
             if stop.is_set():  # one run failed: stop the others at their next batch boundary
-                for p in procs.values():
-                    if p.poll() is None:
-                        p.send_signal(signal.SIGTERM)
+                halt(signal.SIGTERM)
             if time.monotonic() - last >= every:
                 last = time.monotonic()
                 eta = eta_seconds(lanes, runs, costs, done, last - t0, started, before)
                 say("  " + " | ".join(progress_line(d, e) for d, e in list(active.values())) + f" | ETA {fmt_time(eta)}")
-    except KeyboardInterrupt:  # tell each lane once; each stops at a batch boundary, keeping its epochs
-        stop.set()
-        for p in list(procs.values()):
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+    except BaseException as e:  # Ctrl-C, or this process failing: no lane trains on, orphaned, holding its lock
+        halt(signal.SIGINT)
         for w in workers:
             w.join()
-        raise Interrupted("interrupted: each run keeps its last finished epoch; run the same command again to "
-                          "resume") from None
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted("interrupted: each run keeps its last finished epoch; run the same command again "
+                              "to resume") from None
+        raise
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -203,7 +187,7 @@ def _worker_main(spec_json: str) -> int:
         cifar = load_cifar10(spec["data"] or cfg.data, progress=False)
         fit(cfg, cifar, path, resume=(path / "last.pt").is_file(), quiet=True, callbacks=loggers_for(cfg, cifar))
         if spec["finish"] is not None:
-            from cifarlab.reproduce import finish_run  # the study's stages, one level up from here
+            from cifarlab.reproduce import finish_run  # the study's per-run stages (same layer)
 
             finish_run(path, cifar, say=lambda msg: None, **spec["finish"])
     except UserError as e:

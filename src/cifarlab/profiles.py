@@ -16,10 +16,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from cifarlab.config import Config, resolve_config
 from cifarlab.data.augment import augment_config
 from cifarlab.errors import UserError
+from cifarlab.rundir import RunDir
 from cifarlab.train.speed import THREAD_GAIN
 
 ROWS = ("base", "imp1", "imp2", "mnet1", "mnet2")  # Table 2's rows, in its order
@@ -109,17 +111,55 @@ def plan(out: Path, profile: str, seeds: int, weights: str | None,
     return jobs
 
 
+# ---------------------------------------------------------------- lanes: runs side by side
+
+def assign(chains: list[list[int]], costs: Sequence[float], n_lanes: int) -> list[list[int]]:
+    """Job indices per lane: chains (jobs that must run in order in one lane) longest first, each to the
+    lane with the least work so far."""
+    lanes: list[list[int]] = [[] for _ in range(n_lanes)]
+    load = [0.0] * n_lanes
+    for chain in sorted(chains, key=lambda c: -sum(costs[i] for i in c)):
+        k = load.index(min(load))
+        lanes[k] += chain
+        load[k] += sum(costs[i] for i in chain)
+    return [lane for lane in lanes if lane]
+
+
+def view_chains(cfgs: Sequence[Config]) -> list[list[int]]:
+    """Runs sharing a MobileNet view cache (same backbone, views, augmentation, seed, subset) form one chain."""
+    chains: dict[object, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        chains.setdefault(view_key(c) or i, []).append(i)
+    return list(chains.values())
+
+
+def view_key(c: Config) -> tuple | None:
+    """What decides a MobileNet view cache (train/viewcache.py's key, in config terms); None: no cache."""
+    if not (c.model.startswith("mobilenet") and c.aug_views):
+        return None
+    return c.model, c.alpha, c.weights, c.input_size, c.aug_views, str(c.augment), c.seed, c.train_subset
+
+
+def wall_seconds(cfgs: Sequence[Config], costs: Sequence[float], n_lanes: int) -> float:
+    """The longest lane's work when cfgs run n_lanes at a time (the plan's wall time)."""
+    return max(sum(costs[i] for i in lane) for lane in assign(view_chains(cfgs), costs, n_lanes))
+
+
 # ---------------------------------------------------------------- the cost model
 
 # Seconds per image on the 2-core development machine for a run on one thread (two runs at a time),
-# fitted to the measured laptop run of 2026-12-02 (benchmarks/RESULTS.md, "The study on a laptop").
+# fitted to the measured laptop runs of 2026-12-02 (benchmarks/RESULTS.md, "The study on a laptop"); a run
+# on another host is scaled by train.speed's probe.
 # A run with more threads is faster by THREAD_GAIN per doubling (benchmarks/lanes_speed.py: 2 threads
 # train IMP 1.5x, BASE 1.6x and run MobileNet 1.5x as fast as 1 thread while another run has the
 # other core), so two one-thread runs at once give ~1.35x the throughput of one two-thread run.
 SEC = {
     "base_train": 1 / 420, "imp_train": 1 / 560,  # per training image (IMP with or without augmentation)
     "base_eval": 1 / 1200, "imp_eval": 1 / 1600,  # per validation image, once per epoch
-    "mobilenet_embed": 1 / 126,  # frozen MobileNet v1 at 128 px, per image (augmented views built once)
+    # frozen MobileNet v1 at 128 px, per image (augmented views built once), in batches of 16 with freed memory
+    # kept: 110,000 images in 1223 s on a host probed at 0.41x (2026-12-02, session 6); at batch 64 with the
+    # default allocator it was 1/126 (the first laptop run)
+    "mobilenet_embed": 1 / 215,
     "mobilenet_full": 1 / 115,  # a whole MobileNet forward at 128 px (evaluation and robustness)
     "mnet1_tail": 1 / 2700,  # per cached image per epoch: the frozen last unit + head
     "mnet2_tail": 1 / 1090,  # the trainable last unit + head, forward and backward
@@ -129,42 +169,46 @@ ROBUSTNESS_SETTINGS = 36  # corruption x severity settings + sharpening, on `rob
 
 
 def estimate_seconds(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0, views_cached: bool = False,
-                     speed: dict[str, float] | None = None) -> float:
+                     speed: dict[str, float] | None = None, epochs_done: int = 0) -> float:
     """Training + evaluation + robustness + figures for one run, from the fitted per-image costs.
     `views_cached`: an earlier run of the plan embeds the same MobileNet views (MNET1 for MNET2).
-    `speed`: this machine against the cost model's (train.speed.machine_speed); None = the same."""
+    `speed`: this machine against the cost model's (train.speed.machine_speed); None = the same.
+    `epochs_done`: a resumed run's finished epochs (its views, if any, are on disk already)."""
     speed = speed or {}
     sec = {k: v / speed.get("mobilenet" if k.startswith("mobilenet") else "train", 1.0) for k, v in SEC.items()}
     extra = {k: v / speed.get("mobilenet" if k == "mobilenet" else "train", 1.0) for k, v in EVAL_EXTRA.items()}
     n = cfg.train_subset or 50_000
+    epochs = max(cfg.epochs - epochs_done, 0)
+    views_cached = views_cached or epochs_done > 0
     if cfg.model.startswith("mobilenet"):
         kind = "mnet1" if cfg.trainable == "head" else "mnet2"
         if augment_config(cfg).enabled and not cfg.aug_views:  # the study's way: the whole backbone, every epoch
-            train = cfg.epochs * (n + n_val) * sec["mobilenet_embed"]
+            train = epochs * (n + n_val) * sec["mobilenet_embed"]
         else:
             embed = 0 if views_cached else (max(cfg.aug_views, 1) * n + n_val) * sec["mobilenet_embed"]
-            train = embed + cfg.epochs * (n + n_val) * sec[f"{kind}_tail"]
+            train = embed + epochs * (n + n_val) * sec[f"{kind}_tail"]
         after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * sec["mobilenet_full"]
         return train + after + extra["mobilenet"]
     model = "base" if cfg.model == "base" else "imp"
-    train = cfg.epochs * (n * sec[f"{model}_train"] + n_val * sec[f"{model}_eval"])
+    train = epochs * (n * sec[f"{model}_train"] + n_val * sec[f"{model}_eval"])
     after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * sec[f"{model}_eval"]
     return train + after + extra[model]
 
 
 def estimate_plan(jobs: list[Job], robustness_limit: int = 0, threads: int = 1,
-                  speed: dict[str, float] | None = None) -> list[float]:
+                  speed: dict[str, float] | None = None, resumed: bool = False) -> list[float]:
     """Seconds per job, each run on `threads` threads on a machine of `speed` (None: the cost model's);
-    MobileNet runs that share a view cache pay for embedding it once."""
+    MobileNet runs that share a view cache pay for embedding it once. `resumed`: the time still to come,
+    counting the epochs each run directory already holds."""
     seen, out = set(), []
-    from cifarlab.lanes import view_key
-
     for j in jobs:
+        done = RunDir(j.run_dir).epochs_done() if resumed else 0
         c = j.cfg
         key = view_key(c)
         shared = key is not None and key in seen
         seen.add(key)
-        out.append(estimate_seconds(c, robustness_limit=robustness_limit, views_cached=shared, speed=speed)
+        out.append(estimate_seconds(c, robustness_limit=robustness_limit, views_cached=shared, speed=speed,
+                                    epochs_done=done)
                    / THREAD_GAIN ** math.log2(max(threads, 1)))
     return out
 
@@ -185,8 +229,6 @@ def plan_yaml(jobs: list[Job], seconds: list[float], profile: str, n_lanes: int,
     the total: the sum of the runs' minutes and the wall time with n_lanes trainings at once, and the machine
     speed the estimates were scaled by."""
     import yaml
-
-    from cifarlab.lanes import wall_seconds
 
     docs = [f"# {j.run_dir}\n" + yaml.safe_dump({**j.cfg.to_dict(), "estimated_minutes": round(s / 60, 1)},
                                                    sort_keys=False) for j, s in zip(jobs, seconds)]

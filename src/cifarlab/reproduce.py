@@ -18,7 +18,8 @@ from typing import Any, Callable
 from cifarlab.config import resolve_config
 from cifarlab.data.augment import augment_config
 from cifarlab.errors import UserError
-from cifarlab.profiles import Job, auto_profile, default_jobs, estimate_plan, get_profile, plan, plan_yaml
+from cifarlab.profiles import (Job, auto_profile, default_jobs, estimate_plan, get_profile, plan, plan_yaml,
+                               view_chains, wall_seconds)
 from cifarlab.rundir import RunDir
 from cifarlab.train.progress import fmt_time
 from cifarlab.train.speed import fixed_speed, machine_speed
@@ -60,12 +61,15 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
         if worker:
             return None
     todo = [i for i, j in enumerate(plan_jobs) if not RunDir(j.run_dir).is_finished()]
-    lanes = min(n_lanes, len(todo)) or 1
+    lanes = min(n_lanes, len(view_chains([plan_jobs[i].cfg for i in todo]))) or 1  # MNET1 -> MNET2: one lane
     speed = _machine_speed(plan_jobs, lanes, say) if todo else None
-    seconds = estimate_plan(plan_jobs, prof.robustness_limit, max(1, (os.cpu_count() or 1) // lanes), speed)
+    seconds = estimate_plan(plan_jobs, prof.robustness_limit, max(1, (os.cpu_count() or 1) // lanes), speed,
+                            resumed=True)
     eta = _wall_seconds(plan_jobs, seconds, todo, lanes)
+    on_cpu = speed is not None or not todo or not _on_gpu(plan_jobs)
     say(f"{prof.name} profile: {len(plan_jobs)} runs ({len(plan_jobs) - len(todo)} finished), {lanes} at a time; "
-        f"ETA {fmt_time(eta)} with evaluation, robustness and figures (--dry-run prints the plan)")
+        + (f"ETA {fmt_time(eta)} with evaluation, robustness and figures (--dry-run prints the plan)" if on_cpu else
+           "no ETA on a GPU (the cost model is a CPU's; each run's log gives its own from its epochs)"))
     if prof.name == "study" and not _cuda():
         say("note: the study profile's recipes are for GPU machines; on this CPU they take the ETA above "
             "(--profile laptop: the same networks, data and augmentation, recipes chosen for time-to-accuracy)")
@@ -78,22 +82,29 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     evaluate_stage(run_dirs, cifar, tests, say)
     study_robustness(run_dirs, cifar, tests.get("test"), out / "robustness", prof.robustness_limit, say)
     study_figures_all(run_dirs, tests.get("test"), cifar, say)  # Appendix A/B/C figures into each RUN_DIR/viz/
+    for run, kw in zip(run_dirs, finish):  # any per-run stage the batched ones above do not cover (none today)
+        finish_run(run, cifar, tests=tests, limit=kw["limit"], figures=kw["figures"], say=say)
     index = report_stage(run_dirs, cifar, tests, testset, out, prof, say)
-    say(f"report: {index} (total {fmt_time(time.perf_counter() - t_start)}, estimated {fmt_time(eta)})")
+    say(f"report: {index} (total {fmt_time(time.perf_counter() - t_start)}"
+        + (f", estimated {fmt_time(eta)})" if on_cpu else ")"))
     return index
 
 
 def _machine_speed(jobs: list[Job], lanes: int, say: Callable[[str], None]) -> dict[str, float] | None:
-    """Where the runs train on the CPU, how this one compares with the cost model's (a few seconds of
-    probing); None on a GPU (CUDA, MPS), where the CPU-fitted estimates do not apply."""
-    from cifarlab.device import select_device
-
-    if any(select_device(j.cfg.device).type != "cpu" for j in jobs):
+    """Where the runs train on the CPU, how this one compares with the cost model's (15-25 s of probing);
+    None on a GPU (CUDA, MPS), where the CPU-fitted estimates do not apply."""
+    if _on_gpu(jobs):
         return None
     speed = machine_speed(lanes)
     say(f"this CPU, {lanes} run(s) at a time: IMP training at {speed['train']:.2f}x, the MobileNet at "
         f"{speed['mobilenet']:.2f}x the speed of the machine the ETA's cost model was measured on")
     return speed
+
+
+def _on_gpu(jobs: list[Job]) -> bool:
+    from cifarlab.device import select_device
+
+    return any(select_device(j.cfg.device).type != "cpu" for j in jobs)
 
 
 def _cuda() -> bool:
@@ -131,8 +142,6 @@ def _check_inputs(jobs: list[Job], data: str | None, testset: str | None, quiet:
 def _wall_seconds(jobs: list[Job], seconds: list[float], todo: list[int], lanes: int) -> float:
     """Time still to come with `lanes` runs at a time (finished runs cost nothing: their evaluation is
     redone only if stale)."""
-    from cifarlab.lanes import wall_seconds
-
     return wall_seconds([j.cfg for j in jobs], [seconds[i] if i in todo else 0.0 for i in range(len(jobs))], lanes)
 
 
@@ -293,11 +302,6 @@ def study_figures(run_dir: str | Path, photos: Any, *, steps: int = 40, quiet: b
     viz.mkdir(exist_ok=True)
     probe = load_probe(rd.path)
     written = []
-    examples = [next((i for i, y in enumerate(photos.labels) if y == CLASSES.index(c)), None) for c in STUDY_EXAMPLES]
-    examples = [i for i in examples if i is not None] or [0]
-    written.append(sheet.save_png(render([probe], "activations", photos.take(examples)), viz / names[0]))
-    tried = 8 if probe.input_size > 32 else 16  # a MobileNet step costs ~15x an IMP step
-    written.append(sheet.save_png(render([probe], "filters", channels=tried, keep=8, steps=steps), viz / names[1]))
     with torch.no_grad():
         pred = torch.cat([probe.probs(probe.to_input(x)).argmax(1) for x in photos.x.split(64)])
     wrong = [i for i, (p, y) in enumerate(zip(pred.tolist(), photos.labels)) if y is not None and p != y]
@@ -310,6 +314,12 @@ def study_figures(run_dir: str | Path, photos: Any, *, steps: int = 40, quiet: b
             written.append(sheet.save_png(render([probe], kind, photos.take(wrong), **opts), viz / name))
         else:
             (viz / name).unlink(missing_ok=True)  # an older model's misclassifications no longer apply
+    # activations and filters last: being fresh, they say the whole stage is (a kill before them redoes it)
+    examples = [next((i for i, y in enumerate(photos.labels) if y == CLASSES.index(c)), None) for c in STUDY_EXAMPLES]
+    examples = [i for i in examples if i is not None] or [0]
+    written.append(sheet.save_png(render([probe], "activations", photos.take(examples)), viz / names[0]))
+    tried = 8 if probe.input_size > 32 else 16  # a MobileNet step costs ~15x an IMP step
+    written.append(sheet.save_png(render([probe], "filters", channels=tried, keep=8, steps=steps), viz / names[1]))
     if not quiet:
         print(f"{rd.path}: wrote {len(written)} figures to {viz} ({len(wrong)} misclassified shown)", file=sys.stderr)
     return written

@@ -103,6 +103,14 @@ class RunDir:
         except (OSError, ValueError, AttributeError):
             return False
 
+    def epochs_done(self) -> int:
+        """Epochs in history.csv (train rewrites it atomically after each epoch); 0 for a new run."""
+        try:
+            with open(self.history) as f:
+                return max(sum(1 for _ in f) - 1, 0)  # minus the header
+        except OSError:
+            return 0
+
     def is_stale(self, result: Path, checkpoint: str = "last") -> bool:
         """A result made from this run is redone when it is missing, older than last.pt (or last.pt is
         missing), or, for a JSON result that records it, made from another checkpoint."""
