@@ -82,58 +82,77 @@ def test_ctrl_c_stops_every_lane_and_the_same_call_resumes(tiny_tree, tmp_path, 
     assert all(len((tmp_path / f"r{i}" / "history.csv").read_text().splitlines()) == 16 for i in range(2))
 
 
-def test_eta_counts_finished_epochs_and_scales_by_each_lanes_pace(tmp_path):
+def _epochs(run_dir, seconds, now, age=0.0):
+    """A run directory whose history.csv holds epochs that took `seconds` each, written `age` s before now."""
+    import os
+
+    run_dir.mkdir(exist_ok=True)
+    path = run_dir / "history.csv"
+    path.write_text("epoch,val_acc,seconds\n" + "".join(f"{e + 1},0.5,{s}\n" for e, s in enumerate(seconds)))
+    os.utime(path, (now - age, now - age))
+
+
+def test_eta_scales_the_work_left_by_each_lanes_measured_pace_and_counts_down_between_epochs(tmp_path):
+    import time
+
     from cifarlab.lanes import eta_seconds
 
     runs = [(tmp_path / f"r{i}", resolve_config("imp1", ["epochs=4"])) for i in range(3)]
-    (tmp_path / "r1").mkdir()
-    (tmp_path / "r1" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")  # half of r1 done
-    lanes = [[0], [1, 2]]
-    # lane 1 did r1's half (50 s estimated) in 100 s of wall time: pace 2, 150 s left -> 300; lane 0: no
-    # epoch yet, nothing known of its pace: its 100 s as estimated
-    assert eta_seconds(lanes, runs, [100, 100, 100], set(), 100.0) == 300.0
-    assert eta_seconds(lanes, runs, [100, 100, 100], {0}, 150.0) == 150 * 150 / 50  # lane 1 at a third of its pace
-    # two lanes each on schedule: the time left is the estimate's, not halved by adding up both lanes' work
-    (tmp_path / "r0").mkdir()
-    (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")
-    assert eta_seconds(lanes, runs, [100, 100, 100], set(), 50.0) == 150.0
+    parts = [(0, 100, 0)] * 3  # 25 s an epoch
+    now = time.time()
+    _epochs(runs[1][0], [50, 50], now)  # r1: 2 epochs at twice their estimate: lane 1's pace is 2
+    started = {1: now - 100}
+    # lane 1: r1's third epoch (50 s at that pace) and fourth (50), then r2 (200); lane 0: r0 as estimated
+    assert eta_seconds([[0], [1, 2]], runs, parts, set(), now, started, {}) == pytest.approx(300)
+    _epochs(runs[1][0], [50, 50], now, age=20)  # 20 s into r1's third epoch: 20 s less, not a jump at its end
+    assert eta_seconds([[0], [1, 2]], runs, parts, set(), now, started, {}) == pytest.approx(280)
+    # two lanes on schedule: the slowest lane's time, not both lanes' work added up
+    fresh = [(tmp_path / f"s{i}", resolve_config("imp1", ["epochs=4"])) for i in range(2)]
+    assert eta_seconds([[0], [1]], fresh, [(0, 100, 0), (0, 50, 0)], set(), now, {}, {}) == pytest.approx(100)
 
 
-def test_eta_counts_time_in_a_run_before_its_first_epoch(tmp_path):
+def test_eta_counts_the_time_a_run_spends_before_its_first_epoch_and_after_its_last(tmp_path):
+    import time
+
     from cifarlab.lanes import eta_seconds
 
-    runs = [(tmp_path / f"r{i}", resolve_config("imp1", ["epochs=4"])) for i in range(2)]
-    # r0 (say a MobileNet embedding its views) started at 0 s and has no epoch after 60 of its 100 s
-    assert eta_seconds([[0, 1]], runs, [100, 100], set(), 60.0, {0: 0.0}) == 140.0
-    assert eta_seconds([[0, 1]], runs, [100, 100], set(), 300.0, {0: 0.0}) == pytest.approx(110 * 300 / 90)  # capped at 90 %
-    # once it has epochs, they tell its pace: half of r0 in 100 s is twice its estimate, 150 s of work left
-    (tmp_path / "r0").mkdir()
-    (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")
-    assert eta_seconds([[0, 1]], runs, [100, 100], set(), 100.0, {0: 0.0}) == 300.0
+    runs = [(tmp_path / "r0", resolve_config("mnet1", ["epochs=4", "weights=null"]))]
+    parts = [(60, 40, 20)]  # a MobileNet: 60 s embedding its views, 10 s an epoch, 20 s evaluating
+    now = time.time()
+    # 30 s in, no epoch yet: its views and first epoch (70 s) less 30, then 3 epochs and the evaluation
+    assert eta_seconds([[0]], runs, parts, set(), now, {0: now - 30}, {}) == pytest.approx(40 + 50)
+    # running late: the phase is not called done, 10 % of it is kept
+    assert eta_seconds([[0]], runs, parts, set(), now, {0: now - 300}, {}) == pytest.approx(7 + 50)
+    _epochs(runs[0][0], [10] * 4, now, age=5)  # all epochs done at their estimate, 5 s into the evaluation
+    assert eta_seconds([[0]], runs, parts, set(), now, {0: now - 300}, {}) == pytest.approx(15)
+    assert eta_seconds([[0]], runs, parts, {0}, now, {0: now - 300}, {}) == 0
 
 
 def test_eta_of_a_resumed_run_counts_only_this_sessions_epochs(tmp_path):
+    import time
+
     from cifarlab.lanes import eta_seconds
 
     runs = [(tmp_path / "r0", resolve_config("imp1", ["epochs=4"]))]
-    (tmp_path / "r0").mkdir()
-    (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")  # kept from a killed session
-    # its cost is the rest (reproduce: 50 of a 100 s run); 10 s after resuming, no new epoch: 40 s left;
-    # the old epochs are no pace
-    assert eta_seconds([[0]], runs, [50], set(), 10.0, {0: 0.0}, {0: 2}) == pytest.approx(40.0)
-    (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n3,0.7\n")
-    assert eta_seconds([[0]], runs, [50], set(), 50.0, {0: 0.0}, {0: 2}) == pytest.approx(50.0)  # 25 s of work in 50
+    now = time.time()
+    _epochs(runs[0][0], [999, 999], now)  # kept from a killed session (say, on a busier machine): no pace
+    # its cost is the rest (reproduce: 50 of a 100 s run); 10 s after resuming, no new epoch: 40 s left
+    assert eta_seconds([[0]], runs, [(0, 50, 0)], set(), now, {0: now - 10}, {0: 2}) == pytest.approx(40)
+    _epochs(runs[0][0], [999, 999, 50], now)  # its first new epoch took twice its 25 s: the last takes 50
+    assert eta_seconds([[0]], runs, [(0, 50, 0)], set(), now, {0: now - 60}, {0: 2}) == pytest.approx(50)
 
 
 def test_eta_of_a_run_whose_epochs_were_all_kept_is_no_division_by_zero(tmp_path):
+    import time
+
     from cifarlab.lanes import eta_seconds
 
     # killed after its last epoch's history.csv but before metrics.json said finished: resumed, all 4 kept
     runs = [(tmp_path / "r0", resolve_config("imp1", ["epochs=4"]))]
-    (tmp_path / "r0").mkdir()
-    (tmp_path / "r0" / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n3,0.7\n4,0.8\n")
+    now = time.time()
+    _epochs(runs[0][0], [25] * 4, now)
     # what is left is its finishing stages (100 s estimated): 60 s in, 40 s to go
-    assert eta_seconds([[0]], runs, [100], set(), 60.0, {0: 0.0}, {0: 4}) == pytest.approx(40.0)
+    assert eta_seconds([[0]], runs, [(0, 0, 100)], set(), now, {0: now - 60}, {0: 4}) == pytest.approx(40)
 
 
 def test_the_parent_failing_stops_every_lane_instead_of_orphaning_it(tiny_tree, tmp_path):

@@ -7,7 +7,7 @@ import yaml
 from cifarlab.config import load_preset, resolve_config
 from cifarlab.data.augment import augment_config
 from cifarlab.errors import UserError
-from cifarlab.profiles import ROWS, estimate_plan, estimate_seconds, get_profile, plan, plan_yaml, run_folder
+from cifarlab.profiles import ROWS, estimate_parts, estimate_plan, get_profile, plan, plan_yaml, run_folder
 from cifarlab.train.runctl import check_progress
 
 ARCH_KEYS = ("model", "alpha", "input_size", "trainable", "head", "dropout", "weights")
@@ -69,7 +69,7 @@ def test_a_resumed_run_is_estimated_for_what_it_has_left(tmp_path):
     left = estimate_plan(jobs, 500, resumed=True)
     assert left[2] < 0.2 * full[2]  # IMP2 at 40 of 45 epochs: its last 5 and its evaluation
     # MNET1 at epoch 1 of 6 has its views on disk: no embedding pass left, and 5 epochs
-    assert left[3] < estimate_seconds(mnet1.cfg, robustness_limit=500, views_cached=True) < full[3]
+    assert left[3] < sum(estimate_parts(mnet1.cfg, robustness_limit=500, views_cached=True)) < full[3]
 
 
 def test_the_study_profile_costs_hours_and_the_laptop_one_about_ninety_minutes(tmp_path):

@@ -51,36 +51,62 @@ def progress_line(run_dir: Path, epochs: int) -> str:
     return f"{run_dir.name} {rows[-1]['epoch']}/{epochs} (val {float(rows[-1]['val_acc']):.1%})"
 
 
-def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], costs: Sequence[float],
-                done: set[int], elapsed: float, started: dict[int, float] | None = None,
-                before: dict[int, int] | None = None) -> float:
-    """Time left: each lane's estimated work still to do, scaled by that lane's pace so far (elapsed time
-    over the estimated work it did since t0); the slowest lane's. `costs[i]`: run i's work from t0 on
-    (reproduce estimates a resumed run's rest); `before[i]`: the epochs it had at t0. A run's done share
-    is its new epochs over those it had left; until its first new epoch, for a run that started
-    `started[i]` seconds in, the time it has had (capped at 90 %) if that is more: a MobileNet spends most
-    of its estimate embedding, before its first epoch."""
-    started, before = started or {}, before or {}
+Parts = tuple[float, float, float]  # a run's estimated seconds: before its epochs, its epochs, after them
+
+
+def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], parts: Sequence[Parts],
+                done: set[int], now: float, started: dict[int, float], before: dict[int, int]) -> float:
+    """Wall seconds left: the slowest lane's estimated work still to do, times that lane's pace (the wall
+    time of this session's epochs over their estimate; 1 until it has one), less the time already spent
+    in each running run's current phase (before its first epoch, an epoch, after its last), at most 90 %
+    of that phase: the ETA counts down between epochs instead of jumping at each. `parts[i]`: run i's
+    work from this session's start (reproduce estimates a resumed run's rest); `started[i]`: when it
+    started (time.time()); `before[i]`: the epochs it had then."""
     left = []
     for lane in lanes:
-        rest = did = 0.0
+        measured = estimated = 0.0
+        for i in lane:  # the pace: this session's epochs, measured against their estimate
+            epochs, had = runs[i][1].epochs, before.get(i, 0)
+            new = _history(runs[i][0])[had:]
+            measured += sum(float(r["seconds"]) for r in new)
+            estimated += len(new) * parts[i][1] / max(epochs - had, 1)
+        pace = measured / estimated if measured > 0 and estimated > 0 else 1.0
+        rest = 0.0
         for i in lane:
-            epochs, had, n = runs[i][1].epochs, before.get(i, 0), len(_history(runs[i][0]))
-            share = 1.0 if i in done else (n - had) / (epochs - had) if epochs > had else 0.0
-            if i not in done and i in started and n == had and costs[i] > 0:
-                share = max(share, min(0.9, (elapsed - started[i]) / costs[i]))
-            did += costs[i] * share
-            rest += costs[i] * (1 - share)
-        pace = elapsed / did if did > 0.05 * sum(costs[i] for i in lane) else 1.0  # lanes run side by side
-        left.append(rest * pace)
+            if i in done:
+                continue
+            b, t, a = parts[i]
+            if i not in started:
+                rest += (b + t + a) * pace
+                continue
+            epochs, had = runs[i][1].epochs, before.get(i, 0)
+            n, per_epoch = len(_history(runs[i][0])), t / max(epochs - had, 1)
+            if n == had:  # embedding its views or in its first epoch (with every epoch kept: finishing)
+                since = now - started[i]
+                phase, later = (b + per_epoch, t - per_epoch + a) if epochs > had else (b + a, 0.0)
+            else:  # in an epoch, or after its last
+                since = now - _mtime(runs[i][0] / "history.csv", now)
+                phase, later = (per_epoch, per_epoch * (epochs - n - 1) + a) if n < epochs else (a, 0.0)
+            rest += later * pace + max(0.1 * phase * pace, phase * pace - since)
+        left.append(rest)
     return max(left)
 
 
-def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], data: str | None, n_lanes: int,
-                   say: Callable[[str], None], every: float = 60.0, finish: list[dict] | None = None) -> None:
-    """Train every (run_dir, cfg) in n_lanes processes; returns when all are finished. finish[i], if given,
-    holds the keyword arguments of reproduce.finish_run for run i (done in its lane after training)."""
-    lanes = assign(view_chains([c for _, c in runs]), costs, n_lanes)
+def _mtime(path: Path, default: float) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return default
+
+
+def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float | Parts], data: str | None,
+                   n_lanes: int, say: Callable[[str], None], every: float = 60.0,
+                   finish: list[dict] | None = None) -> None:
+    """Train every (run_dir, cfg) in n_lanes processes; returns when all are finished. costs[i]: run i's
+    estimated seconds, or its `Parts` (profiles.plan_parts), for the lanes' balance and the ETA. finish[i],
+    if given, holds the keyword arguments of reproduce.finish_run for run i (done in its lane after training)."""
+    parts = [c if isinstance(c, tuple) else (0.0, float(c), 0.0) for c in costs]
+    lanes = assign(view_chains([c for _, c in runs]), [sum(p) for p in parts], n_lanes)
     threads = max(1, (os.cpu_count() or 1) // len(lanes))  # chains, not runs: MNET1 -> MNET2 is one lane
     for run_dir, cfg in runs:
         if not (run_dir / "config.yaml").is_file():
@@ -94,9 +120,8 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
     signalled: set[int] = set()  # pids told to stop: a second signal would stop them mid-batch
     stop, lock = threading.Event(), threading.Lock()  # lock: no lane starts a process once stop is set
     done: set[int] = set()
-    started: dict[int, float] = {}  # run -> seconds after t0 when it started, for the ETA
+    started: dict[int, float] = {}  # run -> when it started (time.time(), like history.csv's mtime), for the ETA
     before = {i: len(_history(run_dir)) for i, (run_dir, _) in enumerate(runs)}  # epochs kept from earlier
-    t0 = time.monotonic()
 
     def halt(sig: int) -> None:
         """Stop every lane at its next batch boundary (each process told once) and start no more runs."""
@@ -118,7 +143,7 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
                     if stop.is_set():
                         return
                     active[k] = (run_dir, cfg.epochs)
-                    started[i] = time.monotonic() - t0
+                    started[i] = time.time()
                     # Its own session: a signal meant for the study (Ctrl-C, `kill -INT`/`-TERM` of this
                     # process, a scheduler's stop) reaches the lanes once, from here, however it was sent.
                     procs[k] = p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -151,7 +176,7 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float], 
                 halt(signal.SIGTERM)
             if time.monotonic() - last >= every:
                 last = time.monotonic()
-                eta = eta_seconds(lanes, runs, costs, done, last - t0, started, before)
+                eta = eta_seconds(lanes, runs, parts, done, time.time(), started, before)
                 say("  " + " | ".join(progress_line(d, e) for d, e in list(active.values())) + f" | ETA {fmt_time(eta)}")
     except BaseException as e:  # Ctrl-C, or this process failing: no lane trains on, orphaned, holding its lock
         halt(signal.SIGINT)

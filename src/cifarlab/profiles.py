@@ -168,9 +168,10 @@ EVAL_EXTRA = {"base": 25.0, "imp": 25.0, "mobilenet": 30.0}  # photos, figures, 
 ROBUSTNESS_SETTINGS = 36  # corruption x severity settings + sharpening, on `robustness_limit` images
 
 
-def estimate_seconds(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0, views_cached: bool = False,
-                     speed: dict[str, float] | None = None, epochs_done: int = 0) -> float:
-    """Training + evaluation + robustness + figures for one run, from the fitted per-image costs.
+def estimate_parts(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0, views_cached: bool = False,
+                   speed: dict[str, float] | None = None, epochs_done: int = 0) -> tuple[float, float, float]:
+    """One run's seconds from the fitted per-image costs, in its three phases: before its first epoch
+    (a MobileNet embedding its views), its epochs, after them (evaluation, robustness, figures).
     `views_cached`: an earlier run of the plan embeds the same MobileNet views (MNET1 for MNET2).
     `speed`: this machine against the cost model's (train.speed.machine_speed); None = the same.
     `epochs_done`: a resumed run's finished epochs (its views, if any, are on disk already)."""
@@ -182,35 +183,38 @@ def estimate_seconds(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0
     views_cached = views_cached or epochs_done > 0
     if cfg.model.startswith("mobilenet"):
         kind = "mnet1" if cfg.trainable == "head" else "mnet2"
+        after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * sec["mobilenet_full"] + extra["mobilenet"]
         if augment_config(cfg).enabled and not cfg.aug_views:  # the study's way: the whole backbone, every epoch
-            train = epochs * (n + n_val) * sec["mobilenet_embed"]
-        else:
-            embed = 0 if views_cached else (max(cfg.aug_views, 1) * n + n_val) * sec["mobilenet_embed"]
-            train = embed + epochs * (n + n_val) * sec[f"{kind}_tail"]
-        after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * sec["mobilenet_full"]
-        return train + after + extra["mobilenet"]
+            return 0.0, epochs * (n + n_val) * sec["mobilenet_embed"], after
+        embed = 0 if views_cached else (max(cfg.aug_views, 1) * n + n_val) * sec["mobilenet_embed"]
+        return embed, epochs * (n + n_val) * sec[f"{kind}_tail"], after
     model = "base" if cfg.model == "base" else "imp"
     train = epochs * (n * sec[f"{model}_train"] + n_val * sec[f"{model}_eval"])
-    after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * sec[f"{model}_eval"]
-    return train + after + extra[model]
+    after = (n_val + robustness_limit * ROBUSTNESS_SETTINGS) * sec[f"{model}_eval"] + extra[model]
+    return 0.0, train, after
+
+
+def plan_parts(jobs: list[Job], robustness_limit: int = 0, threads: int = 1, speed: dict[str, float] | None = None,
+               resumed: bool = False) -> list[tuple[float, float, float]]:
+    """`estimate_parts` per job, each run on `threads` threads on a machine of `speed` (None: the cost
+    model's); MobileNet runs that share a view cache pay for embedding it once. `resumed`: the time still
+    to come, counting the epochs each run directory already holds."""
+    seen, out = set(), []
+    gain = THREAD_GAIN ** math.log2(max(threads, 1))
+    for j in jobs:
+        key = view_key(j.cfg)
+        shared = key is not None and key in seen
+        seen.add(key)
+        parts = estimate_parts(j.cfg, robustness_limit=robustness_limit, views_cached=shared, speed=speed,
+                               epochs_done=RunDir(j.run_dir).epochs_done() if resumed else 0)
+        out.append(tuple(x / gain for x in parts))
+    return out
 
 
 def estimate_plan(jobs: list[Job], robustness_limit: int = 0, threads: int = 1,
                   speed: dict[str, float] | None = None, resumed: bool = False) -> list[float]:
-    """Seconds per job, each run on `threads` threads on a machine of `speed` (None: the cost model's);
-    MobileNet runs that share a view cache pay for embedding it once. `resumed`: the time still to come,
-    counting the epochs each run directory already holds."""
-    seen, out = set(), []
-    for j in jobs:
-        done = RunDir(j.run_dir).epochs_done() if resumed else 0
-        c = j.cfg
-        key = view_key(c)
-        shared = key is not None and key in seen
-        seen.add(key)
-        out.append(estimate_seconds(c, robustness_limit=robustness_limit, views_cached=shared, speed=speed,
-                                    epochs_done=done)
-                   / THREAD_GAIN ** math.log2(max(threads, 1)))
-    return out
+    """Seconds per job (`plan_parts`, summed)."""
+    return [sum(p) for p in plan_parts(jobs, robustness_limit, threads, speed, resumed)]
 
 
 def default_jobs() -> int:

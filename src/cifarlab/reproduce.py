@@ -18,8 +18,8 @@ from typing import Any, Callable
 from cifarlab.config import resolve_config
 from cifarlab.data.augment import augment_config
 from cifarlab.errors import UserError
-from cifarlab.profiles import (Job, auto_profile, default_jobs, estimate_plan, get_profile, plan, plan_yaml,
-                               view_chains, wall_seconds)
+from cifarlab.profiles import (Job, auto_profile, default_jobs, estimate_plan, get_profile, plan, plan_parts,
+                               plan_yaml, view_chains, wall_seconds)
 from cifarlab.rundir import RunDir
 from cifarlab.train.progress import fmt_time
 from cifarlab.train.speed import fixed_speed, machine_speed
@@ -63,8 +63,8 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     todo = [i for i, j in enumerate(plan_jobs) if not RunDir(j.run_dir).is_finished()]
     lanes = min(n_lanes, len(view_chains([plan_jobs[i].cfg for i in todo]))) or 1  # MNET1 -> MNET2: one lane
     speed = _machine_speed(plan_jobs, lanes, say) if todo else None
-    seconds = estimate_plan(plan_jobs, prof.robustness_limit, max(1, (os.cpu_count() or 1) // lanes), speed,
-                            resumed=True)
+    parts = plan_parts(plan_jobs, prof.robustness_limit, max(1, (os.cpu_count() or 1) // lanes), speed, resumed=True)
+    seconds = [sum(p) for p in parts]
     eta = _wall_seconds(plan_jobs, seconds, todo, lanes)
     on_cpu = speed is not None or not todo or not _on_gpu(plan_jobs)
     say(f"{prof.name} profile: {len(plan_jobs)} runs ({len(plan_jobs) - len(todo)} finished), {lanes} at a time; "
@@ -76,7 +76,7 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     t_start = time.perf_counter()
     # each run's own stages; in lanes they follow its training in the same process
     finish = [{"testset": testset, "limit": prof.robustness_limit, "figures": j.seed == 0} for j in plan_jobs]
-    train_stage(plan_jobs, todo, seconds, cifar, data, lanes, finish, quiet, say)
+    train_stage(plan_jobs, todo, parts, cifar, data, lanes, finish, quiet, say)
     run_dirs = [j.run_dir for j in plan_jobs]
     # the same stages for all runs at once (the photo sweep decodes the photos once); what lanes did is fresh
     evaluate_stage(run_dirs, cifar, tests, say)
@@ -145,8 +145,8 @@ def _wall_seconds(jobs: list[Job], seconds: list[float], todo: list[int], lanes:
     return wall_seconds([j.cfg for j in jobs], [seconds[i] if i in todo else 0.0 for i in range(len(jobs))], lanes)
 
 
-def train_stage(jobs: list[Job], todo: list[int], seconds: list[float], cifar: Any, data: str | None, lanes: int,
-                finish: list[dict], quiet: bool, say: Callable[[str], None]) -> None:
+def train_stage(jobs: list[Job], todo: list[int], parts: list[tuple[float, float, float]], cifar: Any,
+                data: str | None, lanes: int, finish: list[dict], quiet: bool, say: Callable[[str], None]) -> None:
     """Train the unfinished runs: in this process one after another, or in `lanes` processes at once
     (each then also does its run's `finish_run` stages)."""
     from cifarlab.lanes import train_in_lanes
@@ -163,12 +163,12 @@ def train_stage(jobs: list[Job], todo: list[int], seconds: list[float], cifar: A
     if lanes > 1:
         runs = [(jobs[i].run_dir, RunDir(jobs[i].run_dir).load_config() if RunDir(jobs[i].run_dir).config.is_file()
                  else jobs[i].cfg) for i in todo]
-        train_in_lanes(runs, [seconds[i] for i in todo], data, lanes, say, finish=[finish[i] for i in todo])
+        train_in_lanes(runs, [parts[i] for i in todo], data, lanes, say, finish=[finish[i] for i in todo])
         return
     for i in todo:
         job, rd = jobs[i], RunDir(jobs[i].run_dir)
         resume = rd.config.is_file()
-        say(f"{job.run_dir.name}: {'resuming' if resume else 'training'} (about {fmt_time(seconds[i])})")
+        say(f"{job.run_dir.name}: {'resuming' if resume else 'training'} (about {fmt_time(sum(parts[i]))})")
         cfg = rd.load_config() if resume else job.cfg
         fit(cfg, cifar, job.run_dir, resume=resume, quiet=quiet, callbacks=loggers_for(cfg, cifar))  # config key log
 
