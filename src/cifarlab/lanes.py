@@ -8,11 +8,10 @@ order, so the cache is built once and never waited for. Lanes are filled longest
 A lane's process is `python -m cifarlab.lanes SPEC_JSON`: it trains the run whose config.yaml the parent
 wrote (or resumes it) under the usual run control, quietly, into RUN_DIR/train.log, then (with `finish`)
 does the run's own evaluation stages (reproduce.finish_run), so a lane that is done training evaluates
-while another still trains. Each
-lane's process has its own session, so a signal meant for the study (Ctrl-C, `kill -INT`/`-TERM`, a
-scheduler's stop) reaches it once, from the parent: each stops at a batch boundary keeping its last epoch.
-If a run fails, or the parent itself fails, the other lanes are stopped the same way; a run's one-line
-error is raised.
+while another still trains. Each lane's process has its own session, so a signal meant for the study
+(Ctrl-C, `kill -INT`/`-TERM`, a scheduler's stop) reaches it once, from the parent: each stops at a
+batch boundary keeping its last epoch. If a run fails, or the parent itself fails, the other lanes are
+stopped the same way; a run's one-line error is raised.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from typing import Callable, Sequence
 
 from cifarlab.config import Config, load_config, save_config
 from cifarlab.errors import UserError
-from cifarlab.profiles import assign, view_chains
+from cifarlab.profiles import Parts, assign, view_chains
 from cifarlab.train.progress import fmt_time
 from cifarlab.train.runctl import Interrupted
 
@@ -51,9 +50,6 @@ def progress_line(run_dir: Path, epochs: int) -> str:
     return f"{run_dir.name} {rows[-1]['epoch']}/{epochs} (val {float(rows[-1]['val_acc']):.1%})"
 
 
-Parts = tuple[float, float, float]  # a run's estimated seconds: before its epochs, its epochs, after them
-
-
 def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], parts: Sequence[Parts],
                 done: set[int], now: float, started: dict[int, float], before: dict[int, int]) -> float:
     """Wall seconds left: the slowest lane's estimated work still to do, times that lane's pace (the wall
@@ -64,10 +60,11 @@ def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], par
     started (time.time()); `before[i]`: the epochs it had then."""
     left = []
     for lane in lanes:
+        history = {i: _history(runs[i][0]) for i in lane}
         measured = estimated = 0.0
         for i in lane:  # the pace: this session's epochs, measured against their estimate
             epochs, had = runs[i][1].epochs, before.get(i, 0)
-            new = _history(runs[i][0])[had:]
+            new = history[i][had:]
             measured += sum(float(r["seconds"]) for r in new)
             estimated += len(new) * parts[i][1] / max(epochs - had, 1)
         pace = measured / estimated if measured > 0 and estimated > 0 else 1.0
@@ -80,7 +77,7 @@ def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], par
                 rest += (b + t + a) * pace
                 continue
             epochs, had = runs[i][1].epochs, before.get(i, 0)
-            n, per_epoch = len(_history(runs[i][0])), t / max(epochs - had, 1)
+            n, per_epoch = len(history[i]), t / max(epochs - had, 1)
             if n == had:  # embedding its views or in its first epoch (with every epoch kept: finishing)
                 since = now - started[i]
                 phase, later = (b + per_epoch, t - per_epoch + a) if epochs > had else (b + a, 0.0)

@@ -25,6 +25,7 @@ from cifarlab.rundir import RunDir
 from cifarlab.train.speed import THREAD_GAIN
 
 ROWS = ("base", "imp1", "imp2", "mnet1", "mnet2")  # Table 2's rows, in its order
+Parts = tuple[float, float, float]  # a run's estimated seconds: before its epochs, its epochs, after them
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ ROBUSTNESS_SETTINGS = 36  # corruption x severity settings + sharpening, on `rob
 
 
 def estimate_parts(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0, views_cached: bool = False,
-                   speed: dict[str, float] | None = None, epochs_done: int = 0) -> tuple[float, float, float]:
+                   speed: dict[str, float] | None = None, epochs_done: int = 0) -> Parts:
     """One run's seconds from the fitted per-image costs, in its three phases: before its first epoch
     (a MobileNet embedding its views), its epochs, after them (evaluation, robustness, figures).
     `views_cached`: an earlier run of the plan embeds the same MobileNet views (MNET1 for MNET2).
@@ -195,7 +196,7 @@ def estimate_parts(cfg: Config, n_val: int = 10_000, robustness_limit: int = 0, 
 
 
 def plan_parts(jobs: list[Job], robustness_limit: int = 0, threads: int = 1, speed: dict[str, float] | None = None,
-               resumed: bool = False) -> list[tuple[float, float, float]]:
+               resumed: bool = False) -> list[Parts]:
     """`estimate_parts` per job, each run on `threads` threads on a machine of `speed` (None: the cost
     model's); MobileNet runs that share a view cache pay for embedding it once. `resumed`: the time still
     to come, counting the epochs each run directory already holds."""

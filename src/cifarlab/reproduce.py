@@ -18,7 +18,7 @@ from typing import Any, Callable
 from cifarlab.config import resolve_config
 from cifarlab.data.augment import augment_config
 from cifarlab.errors import UserError
-from cifarlab.profiles import (Job, auto_profile, default_jobs, estimate_plan, get_profile, plan, plan_parts,
+from cifarlab.profiles import (Job, Parts, auto_profile, default_jobs, estimate_plan, get_profile, plan, plan_parts,
                                plan_yaml, view_chains, wall_seconds)
 from cifarlab.rundir import RunDir
 from cifarlab.train.progress import fmt_time
@@ -145,7 +145,7 @@ def _wall_seconds(jobs: list[Job], seconds: list[float], todo: list[int], lanes:
     return wall_seconds([j.cfg for j in jobs], [seconds[i] if i in todo else 0.0 for i in range(len(jobs))], lanes)
 
 
-def train_stage(jobs: list[Job], todo: list[int], parts: list[tuple[float, float, float]], cifar: Any,
+def train_stage(jobs: list[Job], todo: list[int], parts: list[Parts], cifar: Any,
                 data: str | None, lanes: int, finish: list[dict], quiet: bool, say: Callable[[str], None]) -> None:
     """Train the unfinished runs: in this process one after another, or in `lanes` processes at once
     (each then also does its run's `finish_run` stages)."""
