@@ -121,8 +121,8 @@ def test_eta_counts_the_time_a_run_spends_before_its_first_epoch_and_after_its_l
     now = time.time()
     # 30 s in, no epoch yet: its views and first epoch (70 s) less 30, then 3 epochs and the evaluation
     assert eta_seconds([[0]], runs, parts, set(), now, {0: now - 30}, {}) == pytest.approx(40 + 50)
-    # running late: the phase is not called done, 10 % of it is kept
-    assert eta_seconds([[0]], runs, parts, set(), now, {0: now - 300}, {}) == pytest.approx(7 + 50)
+    # running late: what follows the phase is left (the pace, once it has an epoch, says how late)
+    assert eta_seconds([[0]], runs, parts, set(), now, {0: now - 300}, {}) == pytest.approx(50)
     _epochs(runs[0][0], [10] * 4, now, age=5)  # all epochs done at their estimate, 5 s into the evaluation
     assert eta_seconds([[0]], runs, parts, set(), now, {0: now - 300}, {}) == pytest.approx(15)
     assert eta_seconds([[0]], runs, parts, {0}, now, {0: now - 300}, {}) == 0

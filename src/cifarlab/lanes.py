@@ -54,8 +54,8 @@ def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], par
                 done: set[int], now: float, started: dict[int, float], before: dict[int, int]) -> float:
     """Wall seconds left: the slowest lane's estimated work still to do, times that lane's pace (the wall
     time of this session's epochs over their estimate; 1 until it has one), less the time already spent
-    in each running run's current phase (before its first epoch, an epoch, after its last), at most 90 %
-    of that phase: the ETA counts down between epochs instead of jumping at each. `parts[i]`: run i's
+    in each running run's current phase (before its first epoch, an epoch, after its last), down to none
+    of it: the ETA counts down between epochs instead of jumping at each. `parts[i]`: run i's
     work from this session's start (reproduce estimates a resumed run's rest); `started[i]`: when it
     started (time.time()); `before[i]`: the epochs it had then."""
     left = []
@@ -84,7 +84,7 @@ def eta_seconds(lanes: list[list[int]], runs: Sequence[tuple[Path, Config]], par
             else:  # in an epoch, or after its last
                 since = now - _mtime(runs[i][0] / "history.csv", now)
                 phase, later = (per_epoch, per_epoch * (epochs - n - 1) + a) if n < epochs else (a, 0.0)
-            rest += later * pace + max(0.1 * phase * pace, phase * pace - since)
+            rest += later * pace + max(0.0, phase * pace - since)  # a phase running late: the pace catches up
         left.append(rest)
     return max(left)
 
@@ -98,10 +98,11 @@ def _mtime(path: Path, default: float) -> float:
 
 def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float | Parts], data: str | None,
                    n_lanes: int, say: Callable[[str], None], every: float = 60.0,
-                   finish: list[dict] | None = None) -> None:
+                   finish: list[dict] | None = None, eta: bool = True) -> None:
     """Train every (run_dir, cfg) in n_lanes processes; returns when all are finished. costs[i]: run i's
     estimated seconds, or its `Parts` (profiles.plan_parts), for the lanes' balance and the ETA. finish[i],
-    if given, holds the keyword arguments of reproduce.finish_run for run i (done in its lane after training)."""
+    if given, holds the keyword arguments of reproduce.finish_run for run i (done in its lane after training).
+    `eta`: end each progress line with the ETA (off where the estimates are not this machine's: a GPU)."""
     parts = [c if isinstance(c, tuple) else (0.0, float(c), 0.0) for c in costs]
     lanes = assign(view_chains([c for _, c in runs]), [sum(p) for p in parts], n_lanes)
     threads = max(1, (os.cpu_count() or 1) // len(lanes))  # chains, not runs: MNET1 -> MNET2 is one lane
@@ -173,8 +174,13 @@ def train_in_lanes(runs: Sequence[tuple[Path, Config]], costs: Sequence[float | 
                 halt(signal.SIGTERM)
             if time.monotonic() - last >= every:
                 last = time.monotonic()
-                eta = eta_seconds(lanes, runs, parts, done, time.time(), started, before)
-                say("  " + " | ".join(progress_line(d, e) for d, e in list(active.values())) + f" | ETA {fmt_time(eta)}")
+                try:  # a progress line is cosmetic: an odd history.csv skips it, never stops the study
+                    line = " | ".join(progress_line(d, e) for d, e in list(active.values()))
+                    if eta:
+                        line += f" | ETA {fmt_time(eta_seconds(lanes, runs, parts, done, time.time(), started, before))}"
+                except (ValueError, TypeError, KeyError, csv.Error):
+                    continue
+                say("  " + line)
     except BaseException as e:  # Ctrl-C, or this process failing: no lane trains on, orphaned, holding its lock
         halt(signal.SIGINT)
         for w in workers:

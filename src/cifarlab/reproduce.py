@@ -70,13 +70,13 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
     say(f"{prof.name} profile: {len(plan_jobs)} runs ({len(plan_jobs) - len(todo)} finished), {lanes} at a time; "
         + (f"ETA {fmt_time(eta)} with evaluation, robustness and figures (--dry-run prints the plan)" if on_cpu else
            "no ETA on a GPU (the cost model is a CPU's; each run's log gives its own from its epochs)"))
-    if prof.name == "study" and not _cuda():
+    if prof.name == "study" and speed is not None:  # probed: training on this CPU
         say("note: the study profile's recipes are for GPU machines; on this CPU they take the ETA above "
             "(--profile laptop: the same networks, data and augmentation, recipes chosen for time-to-accuracy)")
     t_start = time.perf_counter()
     # each run's own stages; in lanes they follow its training in the same process
     finish = [{"testset": testset, "limit": prof.robustness_limit, "figures": j.seed == 0} for j in plan_jobs]
-    train_stage(plan_jobs, todo, parts, cifar, data, lanes, finish, quiet, say)
+    train_stage(plan_jobs, todo, parts, cifar, data, lanes, finish, quiet, say, eta=on_cpu)
     run_dirs = [j.run_dir for j in plan_jobs]
     # the same stages for all runs at once (the photo sweep decodes the photos once); what lanes did is fresh
     evaluate_stage(run_dirs, cifar, tests, say)
@@ -105,12 +105,6 @@ def _on_gpu(jobs: list[Job]) -> bool:
     from cifarlab.device import select_device
 
     return any(select_device(j.cfg.device).type != "cpu" for j in jobs)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _check_inputs(jobs: list[Job], data: str | None, testset: str | None, quiet: bool,
@@ -145,8 +139,8 @@ def _wall_seconds(jobs: list[Job], seconds: list[float], todo: list[int], lanes:
     return wall_seconds([j.cfg for j in jobs], [seconds[i] if i in todo else 0.0 for i in range(len(jobs))], lanes)
 
 
-def train_stage(jobs: list[Job], todo: list[int], parts: list[Parts], cifar: Any,
-                data: str | None, lanes: int, finish: list[dict], quiet: bool, say: Callable[[str], None]) -> None:
+def train_stage(jobs: list[Job], todo: list[int], parts: list[Parts], cifar: Any, data: str | None, lanes: int,
+                finish: list[dict], quiet: bool, say: Callable[[str], None], eta: bool = True) -> None:
     """Train the unfinished runs: in this process one after another, or in `lanes` processes at once
     (each then also does its run's `finish_run` stages)."""
     from cifarlab.lanes import train_in_lanes
@@ -163,12 +157,13 @@ def train_stage(jobs: list[Job], todo: list[int], parts: list[Parts], cifar: Any
     if lanes > 1:
         runs = [(jobs[i].run_dir, RunDir(jobs[i].run_dir).load_config() if RunDir(jobs[i].run_dir).config.is_file()
                  else jobs[i].cfg) for i in todo]
-        train_in_lanes(runs, [parts[i] for i in todo], data, lanes, say, finish=[finish[i] for i in todo])
+        train_in_lanes(runs, [parts[i] for i in todo], data, lanes, say, finish=[finish[i] for i in todo], eta=eta)
         return
     for i in todo:
         job, rd = jobs[i], RunDir(jobs[i].run_dir)
         resume = rd.config.is_file()
-        say(f"{job.run_dir.name}: {'resuming' if resume else 'training'} (about {fmt_time(sum(parts[i]))})")
+        say(f"{job.run_dir.name}: {'resuming' if resume else 'training'}"
+            + (f" (about {fmt_time(sum(parts[i]))})" if eta else ""))
         cfg = rd.load_config() if resume else job.cfg
         fit(cfg, cifar, job.run_dir, resume=resume, quiet=quiet, callbacks=loggers_for(cfg, cifar))  # config key log
 

@@ -17,8 +17,9 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable
+from typing import IO, Callable
 
 import torch
 
@@ -114,28 +115,35 @@ def side_by_side(name: str, seconds: float, threads: int, lanes: int) -> list[fl
     measured that way, with the default allocator."""
     cmd = [sys.executable, "-m", "cifarlab.train.speed", json.dumps([name, seconds, threads])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(lanes)]
+    # stderr to files: a chatty probe must not block on a full pipe while the others are being read
+    errs = [tempfile.TemporaryFile(mode="w+") for _ in range(lanes)]
+    procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+             for err in errs]
     try:
         for p in procs:
-            p.stdout.readline()  # "ready", or "" from a process that died (its error comes below)
+            while p.stdout.readline() not in ("ready\n", ""):  # "" from a process that died: its error comes below
+                pass
         for p in procs:
             try:
                 p.stdin.write("go\n")
                 p.stdin.flush()
             except OSError:  # it died before "go": reported below
                 pass
-        return [_rate(p) for p in procs]
+        return [_rate(p, err) for p, err in zip(procs, errs)]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for err in errs:
+            err.close()
 
 
-def _rate(p: subprocess.Popen) -> float:
+def _rate(p: subprocess.Popen, err_file: IO[str]) -> float:
     """The img/s a probe process printed last; a one-line error if it failed or printed something else."""
-    out, err = p.communicate()
+    out, _ = p.communicate()
+    err_file.seek(0)
+    err = err_file.read()
     lines = out.strip().splitlines()
     try:
         if p.returncode == 0 and lines:
