@@ -91,7 +91,7 @@ def reproduce(data: str | None, testset: str | None, out: Path, profile: str | N
 
 
 def _machine_speed(jobs: list[Job], lanes: int, say: Callable[[str], None]) -> dict[str, float] | None:
-    """Where the runs train on the CPU, how this one compares with the cost model's (15-25 s of probing);
+    """Where the runs train on the CPU, how this one compares with the cost model's (about 12 s of probing);
     None on a GPU (CUDA, MPS), where the CPU-fitted estimates do not apply."""
     if _on_gpu(jobs):
         return None

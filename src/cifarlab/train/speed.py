@@ -6,7 +6,7 @@ bus, and how much that costs differs between machines (2026-12-02, a slower host
 alone at 0.73x the reference, two at once 0.61x each, which is what its laptop run's epochs took).
 `reproduce` scales its ETA by these ratios. The reference was timed for 40 s after 3 warm-up steps, the
 probe for 2 s after 2: a few percent of noise, well inside the ETA's ±20 %. The probe's processes start
-fresh (torch's import and the warm-up are most of its 15-25 s) with the default allocator and batch 64,
+fresh (torch's import and the warm-up are most of its ~12 s) with the default allocator and batch 64,
 as the reference was measured: a ratio of like to like, not a timing of the runs' own passes.
 """
 
