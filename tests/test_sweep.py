@@ -182,6 +182,40 @@ def test_ctrl_c_in_a_trial_queues_it_again(optuna, tmp_path, monkeypatch):
     assert retry.params == failed.params
 
 
+def test_a_worker_taken_for_dead_while_alive_goes_on(optuna, tmp_path, monkeypatch):
+    """On a busy machine another worker may miss this one's heartbeats and fail its trial mid-run (CI saw
+    it: "Cannot tell a FAIL trial" stopped a live worker). The worker says so and takes the next trial;
+    the retry is one of them. A real error in training still stops it."""
+    import cifarlab.sweep as sw
+
+    spec = write_spec(tmp_path / "s.yaml", "preset: fast\ngrid: {seed: [0]}\n")
+    sweep = load_spec(spec, tmp_path / "sw")
+    study = sw.open_study(sweep, open_storage(None, sweep.out, 1))
+    calls = []
+
+    def train(run_dir, cfg, cifar, reporter, say, what):  # the first call is failed by "another worker"
+        calls.append(run_dir.name)
+        if len(calls) == 1:
+            frozen = next(t for t in study.get_trials() if t.number == reporter.trial.number)
+            study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+            study._storage.get_heartbeat_stale_trial_callback()(study, frozen)  # what fail_stale_trials does
+        return {"val_accuracy": 0.5}
+
+    monkeypatch.setattr(sw, "_train", train)
+    said = []
+    assert sw.work(sweep, study, None, poll=1, say=said.append) == 2
+    assert calls == ["seed=0", "seed=0"] and any("taken for dead by another worker" in m for m in said), said
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "COMPLETE"]
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in training")
+
+    monkeypatch.setattr(sw, "_train", broken)
+    study = sw.open_study(load_spec(spec, tmp_path / "sw2"), open_storage(None, tmp_path / "sw2", 1))
+    with pytest.raises(ValueError, match="a bug in training"):
+        sw.work(load_spec(spec, tmp_path / "sw2"), study, None, poll=1)
+
+
 def test_workers_must_agree_on_the_heartbeat(optuna, tmp_path):
     from cifarlab.errors import UserError
     from cifarlab.sweep import open_study

@@ -436,8 +436,12 @@ def work(sweep: Sweep, study: Any, cifar: Any, photos: Any = None, max_trials: i
         current.clear()
         try:
             study.optimize(objective, n_trials=1, catch=(UserError,))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            say(f"trial {current[0].number if current else '?'}: taken for dead by another worker (no heartbeat "
+        except ValueError as e:
+            # failed by a worker that missed our heartbeats (a busy machine): Optuna's tell of the result,
+            # or of the UpdateFinishedTrialError an epoch's report raised, finds the trial failed already
+            if not (str(e).startswith("Cannot tell a FAIL trial") and _failed_elsewhere(study, current)):
+                raise
+            say(f"trial {current[0].number}: taken for dead by another worker (no heartbeat "
                 f"for {GRACE} beats) and retried there; this worker goes on")
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: queue this trial again (its run resumes), then stop
             if current:
@@ -448,6 +452,16 @@ def work(sweep: Sweep, study: Any, cifar: Any, photos: Any = None, max_trials: i
             raise
         done += 1
     return done
+
+
+def _failed_elsewhere(study: Any, current: list[Any]) -> bool:
+    """Whether this worker's trial is failed in the storage (with "Cannot tell a FAIL trial": while it ran)."""
+    from optuna.trial import TrialState
+
+    if not current:
+        return False
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == current[0].number)
+    return trial.state == TrialState.FAIL
 
 
 def _next_step(sweep: Sweep, trials: list[Any]) -> str:
