@@ -439,29 +439,26 @@ def work(sweep: Sweep, study: Any, cifar: Any, photos: Any = None, max_trials: i
         except ValueError as e:
             # failed by a worker that missed our heartbeats (a busy machine): Optuna's tell of the result,
             # or of the UpdateFinishedTrialError an epoch's report raised, finds the trial failed already
-            if not (str(e).startswith("Cannot tell a FAIL trial") and _failed_elsewhere(study, current)):
+            trial = _stored(study, current)
+            taken = trial is not None and trial.state == TrialState.FAIL
+            if not (taken and str(e).startswith("Cannot tell a FAIL trial")):
                 raise
             say(f"trial {current[0].number}: taken for dead by another worker (no heartbeat "
                 f"for {GRACE} beats) and retried there; this worker goes on")
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: queue this trial again (its run resumes), then stop
-            if current:
-                trial = next(t for t in study.get_trials(deepcopy=False) if t.number == current[0].number)
-                if trial.state == TrialState.FAIL and "queue_empty" not in trial.user_attrs:
-                    optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, trial)
-                    say(f"trial {trial.number}: queued again; a worker that takes it resumes its run directory")
+            trial = _stored(study, current)
+            if trial is not None and trial.state == TrialState.FAIL and "queue_empty" not in trial.user_attrs:
+                optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, trial)
+                say(f"trial {trial.number}: queued again; a worker that takes it resumes its run directory")
             raise
         done += 1
     return done
 
 
-def _failed_elsewhere(study: Any, current: list[Any]) -> bool:
-    """Whether this worker's trial is failed in the storage (with "Cannot tell a FAIL trial": while it ran)."""
-    from optuna.trial import TrialState
-
-    if not current:
-        return False
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == current[0].number)
-    return trial.state == TrialState.FAIL
+def _stored(study: Any, current: list[Any]) -> Any:
+    """This worker's current trial as the storage has it now (another worker may have failed it), or None."""
+    return next((t for t in study.get_trials(deepcopy=False) if t.number == current[0].number), None) \
+        if current else None
 
 
 def _next_step(sweep: Sweep, trials: list[Any]) -> str:
